@@ -1,0 +1,39 @@
+// The `lazyramd` subcommands. Each parses nothing itself: main.cc owns the
+// command line and hands over validated options.
+#ifndef LAZYRAM_DAEMON_CMD_COMMANDS_H_
+#define LAZYRAM_DAEMON_CMD_COMMANDS_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "daemon/page_server.h"
+
+namespace lazyram {
+
+struct ServeOptions {
+  std::string listen;
+  std::vector<std::string> regions;  // NAME=PATH
+};
+
+struct MountOptions {
+  std::string mountpoint;
+  std::optional<std::string> source;  // tcp://HOST:PORT
+  std::string store = "mem";          // "mem" or a directory
+  std::optional<std::string> control;
+  std::optional<std::string> log;
+  std::string prefetch = "on";
+  bool foreground = false;
+  bool allow_other = false;
+};
+
+// Both return the process exit code; errors are printed as one line.
+int RunServe(const ServeOptions& options);
+int RunMount(const MountOptions& options);
+
+// "lazyramd: <message>" on stderr.
+void PrintError(absl::string_view message);
+
+}  // namespace lazyram
+
+#endif  // LAZYRAM_DAEMON_CMD_COMMANDS_H_

@@ -1,0 +1,64 @@
+// lazyramd: serve guest RAM files to lazy mounts, or mount them.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "daemon/cmd/commands.h"
+
+int main(int argc, char** argv) {
+  using lazyram::MountOptions;
+  using lazyram::ServeOptions;
+  CLI::App app{
+      "lazyramd - guest RAM as files that fill themselves lazily.\n"
+      "  lazyramd serve: serve RAM files to lazy mounts over TCP.\n"
+      "  lazyramd mount: mount a FUSE filesystem with one file per region, whose pages come\n"
+      "                  on demand from a page server (or, without --source, start as zero)."};
+  app.require_subcommand(1);
+
+  ServeOptions serve;
+  CLI::App* serve_cmd =
+      app.add_subcommand("serve", "Serve RAM files read-only over the page protocol");
+  serve_cmd->add_option("--listen", serve.listen, "HOST:PORT to listen on (port 0: any free port)")
+      ->required();
+  serve_cmd
+      ->add_option("--region", serve.regions,
+                   "NAME=PATH: serve file PATH as region NAME (repeatable)")
+      ->required()
+      ->take_all();
+
+  MountOptions mount;
+  CLI::App* mount_cmd = app.add_subcommand("mount", "Mount regions as files at MOUNTPOINT");
+  mount_cmd->add_option("MOUNTPOINT", mount.mountpoint, "An existing directory")->required();
+  mount_cmd->add_option("--source", mount.source,
+                        "tcp://HOST:PORT of a page server; without it the mount starts empty");
+  mount_cmd
+      ->add_option("--store", mount.store,
+                   "Where local pages live: mem (a memfd per region) or a DIRECTORY (a sparse file "
+                   "per region)")
+      ->capture_default_str();
+  mount_cmd->add_option("--control", mount.control,
+                        "Control socket path (default /run/lazyram/<mountpoint name>.sock)");
+  mount_cmd->add_option(
+      "--log", mount.log,
+      "Log file when running in the background (default: the control socket path with .log)");
+  mount_cmd
+      ->add_option("--prefetch", mount.prefetch,
+                   "on: pull every page in the background, then detach the source; off: fetch only "
+                   "what is read")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  mount_cmd->add_flag("--foreground", mount.foreground, "Stay attached; unmount on SIGINT/SIGTERM");
+  mount_cmd->add_flag("--allow-other", mount.allow_other, "Let other users access the mount");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    lazyram::PrintError(std::string(e.what()) + " (see lazyramd --help)");
+    return 2;
+  }
+  if (*serve_cmd) return lazyram::RunServe(serve);
+  return lazyram::RunMount(mount);
+}

@@ -1,0 +1,204 @@
+// `lazyramd mount`: validate, optionally detach into the background, build
+// the engine, start the control socket, mount, and serve until unmounted.
+//
+// Start-up contract: without --foreground the command returns 0 only once
+// the files can be opened, or prints one error line and returns non-zero.
+// The child reports over a pipe: "OK" or the error message.
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/cmd/commands.h"
+#include "daemon/engine.h"
+#include "daemon/log.h"
+#include "fusefs/filesystem.h"
+
+namespace lazyram {
+namespace {
+
+// Where start-up reports its outcome: the parent's pipe in the background,
+// stderr in the foreground.
+class StartupReport {
+ public:
+  explicit StartupReport(int fd) : fd_(fd) {}
+  void Ready() { Send("OK"); }
+  void Failed(absl::string_view message) {
+    if (fd_ < 0) {
+      PrintError(message);
+      return;
+    }
+    Send(message);
+  }
+
+ private:
+  void Send(absl::string_view text) {
+    if (fd_ < 0) return;
+    [[maybe_unused]] ssize_t n = write(fd_, text.data(), text.size());
+    close(fd_);
+    fd_ = -1;
+  }
+  int fd_;
+};
+
+int Serve(const MountOptions& options, const std::string& control_path, StartupReport report) {
+  // The kernel may need this daemon to write pages back to reclaim memory:
+  // it must not itself be throttled by that reclaim.
+  if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0) {
+    LogWarning("PR_SET_IO_FLUSHER: %s", std::strerror(errno));
+  }
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGUSR1);  // internal: tells the signal thread to exit
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  Engine::Options engine_options;
+  if (options.source.has_value()) {
+    absl::StatusOr<NetAddress> source = NetAddress::ParseUrl(*options.source);
+    if (!source.ok()) {
+      report.Failed(source.status().message());
+      return 1;
+    }
+    engine_options.source = *source;
+  }
+  if (options.store != "mem") engine_options.store_dir = options.store;
+  engine_options.prefetch = options.prefetch == "on";
+
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(engine_options);
+  if (!engine.ok()) {
+    report.Failed(engine.status().message());
+    return 1;
+  }
+  absl::StatusOr<std::unique_ptr<ControlServer>> control =
+      ControlServer::Start(control_path, engine->get());
+  if (!control.ok()) {
+    report.Failed(control.status().message());
+    return 1;
+  }
+  absl::StatusOr<std::unique_ptr<fusefs::Filesystem>> fs =
+      fusefs::Filesystem::Mount(engine->get(), {options.mountpoint, options.allow_other});
+  if (!fs.ok()) {
+    report.Failed(fs.status().message());
+    return 1;
+  }
+  fusefs::Filesystem* filesystem = fs->get();
+  (*engine)->SetUnmountHandler([filesystem] { return filesystem->Unmount(/*lazy=*/false); });
+
+  std::atomic<bool> finished{false};
+  std::thread signal_thread([filesystem, signals, &finished] {
+    pthread_setname_np(pthread_self(), "lazyram-signal");
+    for (;;) {
+      int sig = 0;
+      sigwait(&signals, &sig);
+      if (finished.load()) return;
+      LogInfo("signal %d: unmounting", sig);
+      // Busy: detach instead, and keep serving until the last user leaves,
+      // so nothing the consumer wrote is lost.
+      absl::Status s = filesystem->Unmount(/*lazy=*/false);
+      if (absl::IsFailedPrecondition(s)) s = filesystem->Unmount(/*lazy=*/true);
+      if (!s.ok()) LogError("%s", s.message());
+    }
+  });
+
+  (*engine)->StartPull();
+  LogInfo("mounted %s at %s", options.source.value_or("an empty filesystem"), options.mountpoint);
+  report.Ready();
+  absl::Status status = filesystem->Run();
+  LogInfo("unmounted %s", options.mountpoint);
+
+  finished.store(true);
+  pthread_kill(signal_thread.native_handle(), SIGUSR1);
+  signal_thread.join();
+  (*engine)->Shutdown();
+  control->reset();
+  fs->reset();
+  engine->reset();
+  if (!status.ok()) {
+    LogError("%s", status.message());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int RunMount(const MountOptions& options) {
+  struct stat st;
+  if (stat(options.mountpoint.c_str(), &st) != 0) {
+    PrintError(absl::StrCat("mount point ", options.mountpoint, " does not exist"));
+    return 1;
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    PrintError(absl::StrCat("mount point ", options.mountpoint, " is not a directory"));
+    return 1;
+  }
+  if (options.source.has_value()) {
+    if (absl::StatusOr<NetAddress> s = NetAddress::ParseUrl(*options.source); !s.ok()) {
+      PrintError(s.status().message());
+      return 1;
+    }
+  }
+  if (options.store != "mem" && (stat(options.store.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
+    PrintError(absl::StrCat("store directory ", options.store, " does not exist"));
+    return 1;
+  }
+  std::string name = std::filesystem::path(options.mountpoint).lexically_normal().filename();
+  if (name.empty())
+    name = std::filesystem::path(options.mountpoint).lexically_normal().parent_path().filename();
+  const std::string control_path = options.control.value_or(
+      absl::StrCat("/run/lazyram/", name.empty() ? "root" : name, ".sock"));
+
+  if (options.foreground) return Serve(options, control_path, StartupReport(-1));
+
+  const std::string log_path = options.log.value_or(
+      absl::StrCat(std::filesystem::path(control_path).replace_extension(".log").string()));
+  int pipe_fds[2];
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
+    PrintError(absl::StrCat("pipe: ", std::strerror(errno)));
+    return 1;
+  }
+  // Fork before any thread exists: the child becomes the daemon.
+  pid_t pid = fork();
+  if (pid < 0) {
+    PrintError(absl::StrCat("fork: ", std::strerror(errno)));
+    return 1;
+  }
+  if (pid == 0) {
+    close(pipe_fds[0]);
+    setsid();
+    std::filesystem::create_directories(std::filesystem::path(log_path).parent_path());
+    int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    // Keep no pipe of the caller open: a caller reading our output must see
+    // it end when the parent exits.
+    dup2(null_fd, STDIN_FILENO);
+    dup2(null_fd, STDOUT_FILENO);
+    dup2(log_fd >= 0 ? log_fd : null_fd, STDERR_FILENO);
+    _exit(Serve(options, control_path, StartupReport(pipe_fds[1])));
+  }
+  close(pipe_fds[1]);
+  std::string message;
+  char buf[512];
+  ssize_t n;
+  while ((n = read(pipe_fds[0], buf, sizeof buf)) > 0) message.append(buf, static_cast<size_t>(n));
+  close(pipe_fds[0]);
+  if (message == "OK") return 0;
+  if (message.empty()) {
+    message = absl::StrCat("the daemon exited during start-up; see ", log_path);
+  }
+  PrintError(message);
+  return 1;
+}
+
+}  // namespace lazyram

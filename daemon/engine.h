@@ -1,0 +1,86 @@
+// Engine: everything a mount serves, without the kernel side. It owns the
+// regions, their stores, the fetcher (when there is a source) and the
+// puller, and it answers the control socket. fusefs/ maps kernel requests
+// onto its regions; daemon/ knows nothing of libfuse.
+//
+// Thread-safety: all methods may be called from any thread. Regions are
+// never removed while the engine lives, so Region pointers stay valid.
+#ifndef LAZYRAM_DAEMON_ENGINE_H_
+#define LAZYRAM_DAEMON_ENGINE_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "daemon/control_server.h"
+#include "daemon/fetcher.h"
+#include "daemon/net_address.h"
+#include "daemon/puller.h"
+#include "daemon/region.h"
+
+namespace lazyram {
+
+class Engine : public ControlHandler {
+ public:
+  struct Options {
+    std::optional<NetAddress> source;  // none: an empty RAM-backing filesystem
+    std::string store_dir;             // empty: one memfd per region
+    bool prefetch = true;
+    int bulk_connections = 2;
+    absl::Duration connect_timeout = absl::Seconds(5);
+    uint64_t max_region_size = uint64_t{16} << 40;  // for regions without a source
+  };
+
+  // Dials the source (failing with its error if it cannot be reached) and
+  // builds one region per source region. Does not start pulling.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(Options options);
+  ~Engine() override;
+
+  // Starts the background pull when prefetch is on and there is a source.
+  void StartPull();
+  // Stops pulling and fetching; pending fetches fail. Idempotent.
+  void Shutdown();
+
+  bool has_source() const { return fetcher_ != nullptr; }
+  size_t region_count() const;
+  Region* region(size_t index) const;  // null when out of range
+  std::optional<size_t> FindRegion(absl::string_view name) const;
+  // A new, empty region (no-source mounts only); returns its index.
+  absl::StatusOr<size_t> CreateRegion(absl::string_view name);
+
+  // Makes [offset, offset+length) of region `name` local at demand
+  // priority and waits for it; the whole region without a range.
+  absl::Status Prefetch(absl::string_view name, std::optional<uint64_t> offset,
+                        std::optional<uint64_t> length);
+  nlohmann::json StatusJson() const;
+
+  // What `lazyramctl unmount` runs.
+  void SetUnmountHandler(absl::AnyInvocable<absl::Status()> handler);
+  nlohmann::json Handle(const nlohmann::json& request) override;
+
+ private:
+  explicit Engine(Options options) : options_(std::move(options)) {}
+  absl::StatusOr<std::unique_ptr<Store>> MakeStore(absl::string_view name, uint64_t size);
+  void OnPullComplete();
+
+  const Options options_;
+  // Member order is teardown order in reverse: the puller goes before the
+  // fetcher it uses, both before the regions they write into.
+  mutable absl::Mutex mu_;
+  std::vector<std::unique_ptr<Region>> regions_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<Fetcher> fetcher_;
+  std::unique_ptr<Puller> puller_;
+  absl::Mutex unmount_mu_;
+  absl::AnyInvocable<absl::Status()> unmount_ ABSL_GUARDED_BY(unmount_mu_);
+};
+
+}  // namespace lazyram
+
+#endif  // LAZYRAM_DAEMON_ENGINE_H_

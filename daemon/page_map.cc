@@ -1,0 +1,112 @@
+#include "daemon/page_map.h"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/errno_status.h"
+
+namespace lazyram {
+
+static_assert(sizeof(std::atomic<uint8_t>) == 1 && std::atomic<uint8_t>::is_always_lock_free);
+
+absl::StatusOr<PageMap> PageMap::Create(uint64_t pages, uint64_t capacity_pages, PageState base) {
+  if (capacity_pages < pages) capacity_pages = pages;
+  // mmap refuses a zero length; one byte of capacity keeps the code uniform.
+  const uint64_t bytes = capacity_pages == 0 ? 1 : capacity_pages;
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    return ErrnoStatus(errno, absl::StrCat("page map for ", pages, " pages"));
+  }
+  return PageMap(static_cast<std::atomic<uint8_t>*>(p), pages, capacity_pages, base);
+}
+
+PageMap::PageMap(std::atomic<uint8_t>* states, uint64_t pages, uint64_t capacity, PageState base)
+    : states_(states), size_(pages), capacity_(capacity), base_(base) {
+  counts_[static_cast<int>(base)].store(pages, std::memory_order_relaxed);
+}
+
+PageMap::PageMap(PageMap&& other) noexcept { *this = std::move(other); }
+
+PageMap& PageMap::operator=(PageMap&& other) noexcept {
+  if (this == &other) return *this;
+  if (states_ != nullptr) munmap(states_, capacity_ == 0 ? 1 : capacity_);
+  states_ = std::exchange(other.states_, nullptr);
+  size_.store(other.size_.load());
+  capacity_ = std::exchange(other.capacity_, 0);
+  base_ = other.base_;
+  for (int i = 0; i < kNumPageStates; ++i) counts_[i].store(other.counts_[i].exchange(0));
+  return *this;
+}
+
+PageMap::~PageMap() {
+  if (states_ != nullptr) munmap(states_, capacity_ == 0 ? 1 : capacity_);
+}
+
+bool PageMap::Transition(uint64_t page, PageState from, PageState to) {
+  uint8_t expected = Encode(from);
+  if (!states_[page].compare_exchange_strong(expected, Encode(to), std::memory_order_acq_rel)) {
+    return false;
+  }
+  if (from != to) {
+    counts_[static_cast<int>(from)].fetch_sub(1, std::memory_order_relaxed);
+    counts_[static_cast<int>(to)].fetch_add(1, std::memory_order_relaxed);
+  }
+  return true;
+}
+
+PageState PageMap::Set(uint64_t page, PageState to) {
+  PageState from = Decode(states_[page].exchange(Encode(to), std::memory_order_acq_rel));
+  if (from != to) {
+    counts_[static_cast<int>(from)].fetch_sub(1, std::memory_order_relaxed);
+    counts_[static_cast<int>(to)].fetch_add(1, std::memory_order_relaxed);
+  }
+  return from;
+}
+
+absl::Status PageMap::Resize(uint64_t pages) {
+  if (pages > capacity_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot grow to ", pages, " pages: capacity is ", capacity_));
+  }
+  const uint64_t old = size();
+  for (uint64_t p = pages; p < old; ++p) Set(p, base_);
+  const int base = static_cast<int>(base_);
+  if (pages > old) {
+    counts_[base].fetch_add(pages - old, std::memory_order_relaxed);
+  } else {
+    counts_[base].fetch_sub(old - pages, std::memory_order_relaxed);
+  }
+  size_.store(pages, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+uint64_t PageMap::FindNext(uint64_t from, PageState state) const {
+  const uint64_t n = size();
+  const uint8_t want = Encode(state);
+  const auto* raw = reinterpret_cast<const uint8_t*>(states_);
+  // Scan eight pages at a time where a word of eight non-matching bytes can
+  // be skipped; a full sweep of a 1 TiB map stays in the tens of ms.
+  uint64_t p = from;
+  const uint64_t broadcast = 0x0101010101010101ULL * want;
+  while (p < n && (p & 7) != 0) {
+    if (raw[p] == want) return p;
+    ++p;
+  }
+  for (; p + 8 <= n; p += 8) {
+    uint64_t word;
+    std::memcpy(&word, raw + p, 8);
+    uint64_t x = word ^ broadcast;  // a zero byte marks a match
+    if (((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL) != 0) break;
+  }
+  for (; p < n; ++p) {
+    if (raw[p] == want) return p;
+  }
+  return n;
+}
+
+}  // namespace lazyram

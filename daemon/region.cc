@@ -1,0 +1,425 @@
+#include "daemon/region.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace lazyram {
+
+using protocol::kMaxPagesPerRequest;
+using protocol::kPageSize;
+using protocol::Priority;
+
+// One pending EnsureLocal: `remaining` counts the pages still awaited plus
+// one held by the caller while it registers, so `done` cannot run early.
+struct Region::Waiter {
+  std::atomic<int64_t> remaining{1};
+  absl::Mutex mu;
+  absl::Status status ABSL_GUARDED_BY(mu);
+  Done done;
+};
+
+namespace {
+
+uint64_t PagesFor(uint64_t bytes) { return (bytes + kPageSize - 1) / kPageSize; }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Region>> Region::Create(Options options,
+                                                       std::unique_ptr<Store> store) {
+  const uint64_t pages = PagesFor(options.size);
+  const bool sourced = options.source != nullptr;
+  const uint64_t capacity = sourced ? pages : PagesFor(std::max(options.max_size, options.size));
+  absl::StatusOr<PageMap> map =
+      PageMap::Create(pages, capacity, sourced ? PageState::kAbsent : PageState::kZero);
+  if (!map.ok()) return map.status();
+  for (const protocol::ZeroExtent& e : options.zero_extents) {
+    if (e.first_page >= pages || e.page_count > pages - e.first_page) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("zero extent past the end of region ", options.name));
+    }
+    for (uint64_t p = e.first_page; p < e.first_page + e.page_count; ++p) {
+      map->Set(p, PageState::kZero);
+    }
+  }
+  return std::unique_ptr<Region>(new Region(std::move(options), std::move(store), *std::move(map)));
+}
+
+Region::Region(Options options, std::unique_ptr<Store> store, PageMap map)
+    : name_(std::move(options.name)),
+      index_(options.index),
+      source_(options.source),
+      max_size_(options.max_size),
+      size_(options.size),
+      store_(std::move(store)),
+      map_(std::move(map)) {}
+
+bool Region::IsLocal(uint64_t offset, uint64_t length) const {
+  if (length == 0) return true;
+  const uint64_t end = std::min<uint64_t>(PagesFor(offset + length), map_.size());
+  for (uint64_t p = offset / kPageSize; p < end; ++p) {
+    if (!lazyram::IsLocal(map_.Get(p))) return false;
+  }
+  return true;
+}
+
+bool Region::complete() const { return map_.LocalCount() == map_.size(); }
+
+void Region::EnsureLocal(uint64_t offset, uint64_t length, Priority priority, Done done,
+                         uint64_t readahead) {
+  if (IsLocal(offset, length) && readahead == 0) {
+    done(absl::OkStatus());
+    return;
+  }
+  const uint64_t pages = map_.size();
+  const uint64_t first = offset / kPageSize;
+  const uint64_t end = std::min(PagesFor(offset + length), pages);
+  const uint64_t ahead_end = std::min(PagesFor(offset + length + readahead), pages);
+
+  auto* waiter = new Waiter;
+  waiter->done = std::move(done);
+  std::vector<Run> runs;
+  auto claim = [&](uint64_t p) {
+    if (!runs.empty() && runs.back().first + runs.back().count == p &&
+        runs.back().count < kMaxPagesPerRequest) {
+      ++runs.back().count;
+    } else {
+      runs.push_back({p, 1});
+    }
+  };
+  {
+    absl::MutexLock lock(&waiters_mu_);
+    for (uint64_t p = first; p < ahead_end; ++p) {
+      const PageState s = map_.Get(p);
+      if (lazyram::IsLocal(s)) continue;
+      if (s == PageState::kAbsent) {
+        map_.Transition(p, PageState::kAbsent, PageState::kFetching);
+        claim(p);
+      } else if (s == PageState::kPulling && priority == Priority::kDemand && p < end) {
+        // A bulk transfer may sit behind a megabyte of others: ask again on
+        // the demand path; whichever copy lands first wins.
+        map_.Transition(p, PageState::kPulling, PageState::kFetching);
+        claim(p);
+      }
+      if (p < end) {
+        waiters_[p].push_back(waiter);
+        waiter->remaining.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+  }
+  if (!runs.empty() && priority == Priority::kDemand) {
+    fault_hint_.store(runs.back().first + runs.back().count, std::memory_order_relaxed);
+  }
+  for (const Run& run : runs) StartFetch(run, priority);
+  Release({waiter}, absl::OkStatus());
+}
+
+void Region::StartFetch(Run run, Priority priority) {
+  if (priority == Priority::kDemand) demand_fetches_.fetch_add(1, std::memory_order_relaxed);
+  const absl::Time started = absl::Now();
+  source_->Fetch(index_, run.first, run.count, priority,
+                 [this, run, priority, started](absl::StatusOr<FetchedPages> pages) {
+                   Land(run, std::move(pages), priority, started);
+                 });
+}
+
+void Region::Land(Run run, absl::StatusOr<FetchedPages> pages, Priority priority,
+                  absl::Time started) {
+  std::vector<std::pair<uint64_t, PageState>> changes;
+  changes.reserve(run.count);
+  absl::Status error = pages.status();
+  const uint64_t end = run.first + run.count;
+  LockStripes(run.first, end);
+  if (error.ok()) {
+    bytes_fetched_.fetch_add(pages->payload.size(), std::memory_order_relaxed);
+    // Write each stretch of consecutive data pages that still want their
+    // bytes with one store write; skip pages written or punched meanwhile.
+    size_t data_index = 0;
+    uint64_t stretch_first = 0;
+    size_t stretch_len = 0, stretch_data = 0;
+    auto flush = [&] {
+      if (stretch_len == 0 || !error.ok()) return;
+      error =
+          store_->Write(stretch_first * kPageSize,
+                        pages->payload.subspan(stretch_data * kPageSize, stretch_len * kPageSize));
+      stretch_len = 0;
+    };
+    for (uint32_t i = 0; i < run.count; ++i) {
+      const uint64_t p = run.first + i;
+      const bool is_data = pages->flags[i] == static_cast<uint8_t>(protocol::PageFlag::kData);
+      const PageState s = map_.Get(p);
+      const bool wanted = s == PageState::kFetching || s == PageState::kPulling;
+      if (wanted && is_data) {
+        if (stretch_len == 0) {
+          stretch_first = p;
+          stretch_data = data_index;
+        }
+        ++stretch_len;
+        changes.emplace_back(p, PageState::kPresent);
+      } else {
+        flush();
+        if (wanted) changes.emplace_back(p, PageState::kZero);
+      }
+      if (is_data) ++data_index;
+    }
+    flush();
+  }
+  if (!error.ok()) {
+    // The pages stay (or become again) absent so a later read retries them.
+    changes.clear();
+    for (uint64_t p = run.first; p < end; ++p) {
+      const PageState s = map_.Get(p);
+      if (s == PageState::kFetching || s == PageState::kPulling) {
+        changes.emplace_back(p, PageState::kAbsent);
+      }
+    }
+  }
+  std::vector<Waiter*> woken = Publish(changes);
+  UnlockStripes(run.first, end);
+  if (priority == Priority::kDemand && error.ok()) {
+    demand_latency_.Record(static_cast<uint64_t>(absl::ToInt64Microseconds(absl::Now() - started)));
+  }
+  Release(std::move(woken), error);
+}
+
+std::vector<Region::Waiter*> Region::Publish(
+    std::span<const std::pair<uint64_t, PageState>> changes) {
+  std::vector<Waiter*> woken;
+  absl::MutexLock lock(&waiters_mu_);
+  for (const auto& [page, state] : changes) {
+    const PageState was = map_.Get(page);
+    if (lazyram::IsLocal(was) && state == PageState::kAbsent) continue;
+    map_.Set(page, state);
+    auto it = waiters_.find(page);
+    if (it == waiters_.end()) continue;
+    woken.insert(woken.end(), it->second.begin(), it->second.end());
+    waiters_.erase(it);
+  }
+  return woken;
+}
+
+void Region::Release(std::vector<Waiter*> waiters, const absl::Status& status) {
+  for (Waiter* w : waiters) {
+    if (!status.ok()) {
+      absl::MutexLock lock(&w->mu);
+      if (w->status.ok()) w->status = status;
+    }
+    if (w->remaining.fetch_sub(1, std::memory_order_acq_rel) != 1) continue;
+    absl::Status result;
+    {
+      absl::MutexLock lock(&w->mu);
+      result = w->status;
+    }
+    Done done = std::move(w->done);
+    delete w;
+    done(std::move(result));
+  }
+}
+
+void Region::LockStripes(uint64_t first_page, uint64_t end_page) {
+  const uint64_t a = first_page >> kStripeShift, b = (end_page - 1) >> kStripeShift;
+  // Sorted, duplicate-free stripe indexes, so every caller locks in one order.
+  std::array<bool, kStripes> want{};
+  for (uint64_t s = a; s <= b && s - a < kStripes; ++s) want[s % kStripes] = true;
+  for (int i = 0; i < kStripes; ++i) {
+    if (want[i]) stripes_[i].Lock();
+  }
+}
+
+void Region::UnlockStripes(uint64_t first_page, uint64_t end_page) {
+  const uint64_t a = first_page >> kStripeShift, b = (end_page - 1) >> kStripeShift;
+  std::array<bool, kStripes> want{};
+  for (uint64_t s = a; s <= b && s - a < kStripes; ++s) want[s % kStripes] = true;
+  for (int i = kStripes - 1; i >= 0; --i) {
+    if (want[i]) stripes_[i].Unlock();
+  }
+}
+
+absl::Status Region::GrowFor(uint64_t end) {
+  if (end <= size()) return absl::OkStatus();
+  if (has_source()) {
+    return absl::OutOfRangeError(
+        absl::StrCat("region ", name_, " has a fixed size of ", size(), " bytes"));
+  }
+  return Resize(end);
+}
+
+absl::Status Region::Resize(uint64_t new_size) {
+  if (has_source()) {
+    if (new_size == size()) return absl::OkStatus();
+    return absl::PermissionDeniedError(
+        absl::StrCat("region ", name_, " comes from a source; its size is fixed"));
+  }
+  if (new_size > max_size_) {
+    return absl::OutOfRangeError(
+        absl::StrCat("size ", new_size, " exceeds the maximum of ", max_size_, " bytes"));
+  }
+  absl::MutexLock lock(&resize_mu_);
+  const uint64_t old_size = size();
+  if (new_size == old_size) return absl::OkStatus();
+  const uint64_t pages = PagesFor(new_size);
+  if (new_size < old_size) {
+    // Bytes cut off must read as zero if the region grows again.
+    size_.store(new_size, std::memory_order_release);
+    if (absl::Status s = store_->Punch(new_size, PagesFor(old_size) * kPageSize - new_size);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = map_.Resize(pages); !s.ok()) return s;
+    return store_->Resize(pages * kPageSize);
+  }
+  if (absl::Status s = store_->Resize(pages * kPageSize); !s.ok()) return s;
+  if (absl::Status s = map_.Resize(pages); !s.ok()) return s;
+  size_.store(new_size, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+void Region::Write(uint64_t offset, std::span<const uint8_t> data, Done done) {
+  if (data.empty()) {
+    done(absl::OkStatus());
+    return;
+  }
+  if (absl::Status s = GrowFor(offset + data.size()); !s.ok()) {
+    done(std::move(s));
+    return;
+  }
+  const uint64_t end = offset + data.size();
+  const bool head_partial = offset % kPageSize != 0;
+  const bool tail_partial = end % kPageSize != 0 && end < size();
+  const bool edges_local =
+      (!head_partial || IsLocal(offset, 1)) && (!tail_partial || IsLocal(end - 1, 1));
+  if (edges_local) {
+    WriteLocal(offset, data, std::move(done));
+    return;
+  }
+  // The rest of a partly written page must hold the source's bytes: fetch
+  // the edges first, then write a copy of `data` (the caller's buffer does
+  // not outlive this call).
+  auto copy = std::make_shared<std::vector<uint8_t>>(data.begin(), data.end());
+  EnsureLocal(offset, data.size(), Priority::kDemand,
+              [this, offset, copy, done = std::move(done)](absl::Status s) mutable {
+                if (!s.ok()) {
+                  done(std::move(s));
+                  return;
+                }
+                WriteLocal(offset, *copy, std::move(done));
+              });
+}
+
+void Region::WriteLocal(uint64_t offset, std::span<const uint8_t> data, Done done) {
+  const uint64_t first = offset / kPageSize;
+  const uint64_t end = PagesFor(offset + data.size());
+  std::vector<std::pair<uint64_t, PageState>> changes;
+  changes.reserve(end - first);
+  for (uint64_t p = first; p < end; ++p) changes.emplace_back(p, PageState::kDirty);
+  LockStripes(first, end);
+  absl::Status s = store_->Write(offset, data);
+  std::vector<Waiter*> woken;
+  if (s.ok()) woken = Publish(changes);
+  UnlockStripes(first, end);
+  Release(std::move(woken), absl::OkStatus());
+  done(std::move(s));
+}
+
+void Region::Punch(uint64_t offset, uint64_t length, Done done) {
+  const uint64_t end = std::min(offset + length, size());
+  if (offset >= end) {
+    done(absl::OkStatus());
+    return;
+  }
+  const uint64_t full_first = PagesFor(offset) * kPageSize;
+  const uint64_t full_end = end == size() ? PagesFor(end) * kPageSize : end / kPageSize * kPageSize;
+  if (full_first >= full_end) {
+    // Inside one page: zero the bytes in place like any other write.
+    auto zeros = std::make_shared<std::vector<uint8_t>>(end - offset, 0);
+    Write(offset, *zeros,
+          [zeros, done = std::move(done)](absl::Status s) mutable { done(std::move(s)); });
+    return;
+  }
+  // Zero the partial head and tail pages by writing, then the whole pages.
+  auto head = std::make_shared<std::vector<uint8_t>>(full_first - offset, 0);
+  auto tail = std::make_shared<std::vector<uint8_t>>(end > full_end ? end - full_end : 0, 0);
+  Write(offset, *head,
+        [this, head, tail, full_first, full_end, done = std::move(done)](absl::Status s) mutable {
+          if (!s.ok()) {
+            done(std::move(s));
+            return;
+          }
+          Write(full_end, *tail,
+                [this, tail, full_first, full_end, done = std::move(done)](absl::Status s) mutable {
+                  if (!s.ok()) {
+                    done(std::move(s));
+                    return;
+                  }
+                  PunchLocal(full_first, full_end - full_first, std::move(done));
+                });
+        });
+}
+
+void Region::PunchLocal(uint64_t offset, uint64_t length, Done done) {
+  const uint64_t first = offset / kPageSize;
+  const uint64_t end = PagesFor(offset + length);
+  std::vector<std::pair<uint64_t, PageState>> changes;
+  changes.reserve(end - first);
+  for (uint64_t p = first; p < end; ++p) changes.emplace_back(p, PageState::kZero);
+  LockStripes(first, end);
+  absl::Status s = store_->Punch(offset, (end - first) * kPageSize);
+  std::vector<Waiter*> woken;
+  if (s.ok()) woken = Publish(changes);
+  UnlockStripes(first, end);
+  Release(std::move(woken), absl::OkStatus());
+  done(std::move(s));
+}
+
+bool Region::PullNext(uint64_t* cursor, uint32_t max_pages, Done done) {
+  const uint64_t pages = map_.size();
+  if (pages == 0 || map_.Count(PageState::kAbsent) == 0) return false;
+  uint64_t start = *cursor < pages ? *cursor : 0;
+  uint64_t p = map_.FindNext(start, PageState::kAbsent);
+  if (p == pages && start != 0) p = map_.FindNext(0, PageState::kAbsent);
+  if (p == pages) return false;
+  Run run{p, 0};
+  {
+    absl::MutexLock lock(&waiters_mu_);
+    while (run.count < max_pages && p < pages &&
+           map_.Transition(p, PageState::kAbsent, PageState::kPulling)) {
+      ++run.count;
+      ++p;
+    }
+  }
+  *cursor = p;
+  if (run.count == 0) {  // a demand fetch took the page first
+    done(absl::OkStatus());
+    return true;
+  }
+  const absl::Time started = absl::Now();
+  source_->Fetch(
+      index_, run.first, run.count, Priority::kBulk,
+      [this, run, started, done = std::move(done)](absl::StatusOr<FetchedPages> pages) mutable {
+        absl::Status status = pages.status();
+        Land(run, std::move(pages), Priority::kBulk, started);
+        done(std::move(status));
+      });
+  return true;
+}
+
+RegionStats Region::Stats() const {
+  RegionStats s;
+  s.name = name_;
+  s.size = size();
+  s.pages_total = map_.size();
+  s.pages_dirty = map_.Count(PageState::kDirty);
+  s.pages_present = map_.Count(PageState::kPresent) + s.pages_dirty;
+  s.pages_zero = map_.Count(PageState::kZero);
+  s.bytes_fetched = bytes_fetched_.load(std::memory_order_relaxed);
+  s.demand_fetches = demand_fetches_.load(std::memory_order_relaxed);
+  s.latency_p50_us = demand_latency_.Percentile(0.50);
+  s.latency_p99_us = demand_latency_.Percentile(0.99);
+  s.latency_max_us = demand_latency_.Max();
+  s.complete = s.pages_present + s.pages_zero == s.pages_total;
+  return s;
+}
+
+}  // namespace lazyram

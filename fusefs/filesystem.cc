@@ -1,0 +1,120 @@
+#include "fusefs/filesystem.h"
+
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/log.h"
+#include "fusefs/bdi_tuning.h"
+#include "fusefs/filesystem_ops.h"
+
+namespace lazyram::fusefs {
+namespace {
+
+timespec Now() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return ts;
+}
+
+}  // namespace
+
+Filesystem::Filesystem(Engine* engine, Options options)
+    : engine_(engine), options_(std::move(options)), mount_time_(Now()) {}
+
+absl::StatusOr<std::unique_ptr<Filesystem>> Filesystem::Mount(Engine* engine, Options options) {
+  char resolved[PATH_MAX];
+  if (realpath(options.mountpoint.c_str(), resolved) == nullptr) {
+    return absl::NotFoundError(absl::StrCat("mount point ", options.mountpoint, " does not exist"));
+  }
+  struct stat st;
+  if (stat(resolved, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("mount point ", options.mountpoint, " is not a directory"));
+  }
+  options.mountpoint = resolved;
+  std::unique_ptr<Filesystem> fs(new Filesystem(engine, std::move(options)));
+
+  std::string mount_opts = "fsname=lazyram,subtype=lazyram,default_permissions";
+  if (fs->options_.allow_other) mount_opts += ",allow_other";
+  std::vector<std::string> args = {"lazyramd", "-o", mount_opts};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  fuse_args fargs = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  fs->session_ = fuse_session_new(&fargs, &FilesystemOps(), sizeof(fuse_lowlevel_ops), fs.get());
+  if (fs->session_ == nullptr) return absl::InternalError("cannot create the FUSE session");
+  if (fuse_session_mount(fs->session_, fs->options_.mountpoint.c_str()) != 0) {
+    fuse_session_destroy(fs->session_);
+    fs->session_ = nullptr;
+    return absl::UnavailableError(
+        absl::StrCat("cannot mount on ", fs->options_.mountpoint, " (is /dev/fuse available?)"));
+  }
+  if (absl::Status s = RaiseWritebackLimits(fs->options_.mountpoint); !s.ok()) {
+    LogWarning("guest writes may be slow: %s", s.message());
+  }
+  return fs;
+}
+
+Filesystem::~Filesystem() {
+  if (session_ == nullptr) return;
+  fuse_session_unmount(session_);
+  fuse_session_destroy(session_);
+}
+
+absl::Status Filesystem::Run() {
+  fuse_loop_config* config = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_max_threads(config, static_cast<unsigned>(options_.max_threads));
+  fuse_loop_cfg_set_idle_threads(config, 4);
+  int rc = fuse_session_loop_mt(session_, config);
+  fuse_loop_cfg_destroy(config);
+  // The loop ends with ENODEV once the kernel drops the connection (the
+  // normal end after an unmount).
+  if (rc != 0 && rc != -ENODEV && !fuse_session_exited(session_)) {
+    return absl::InternalError(absl::StrCat("FUSE loop failed: ", std::strerror(-rc)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Filesystem::Unmount(bool lazy) {
+  if (umount2(options_.mountpoint.c_str(), lazy ? MNT_DETACH : 0) == 0) return absl::OkStatus();
+  if (errno == EBUSY) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("mount point ", options_.mountpoint,
+                     " is busy: a process still has a file open or mapped; stop it first"));
+  }
+  return absl::InternalError(
+      absl::StrCat("cannot unmount ", options_.mountpoint, ": ", std::strerror(errno)));
+}
+
+struct stat Filesystem::RootAttr() const {
+  struct stat st {};
+  st.st_ino = FUSE_ROOT_ID;
+  st.st_mode = S_IFDIR | 0755;
+  st.st_nlink = 2;
+  st.st_uid = getuid();
+  st.st_gid = getgid();
+  st.st_atim = st.st_mtim = st.st_ctim = mount_time_;
+  return st;
+}
+
+struct stat Filesystem::RegionAttr(size_t index) const {
+  struct stat st {};
+  Region* region = engine_->region(index);
+  st.st_ino = index + 2;
+  st.st_mode = S_IFREG | 0600;
+  st.st_nlink = 1;
+  st.st_uid = getuid();
+  st.st_gid = getgid();
+  st.st_size = static_cast<off_t>(region->size());
+  st.st_blksize = 4096;
+  st.st_blocks = static_cast<blkcnt_t>((region->size() + 511) / 512);
+  st.st_atim = st.st_mtim = st.st_ctim = mount_time_;
+  return st;
+}
+
+}  // namespace lazyram::fusefs

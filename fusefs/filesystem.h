@@ -1,0 +1,66 @@
+// Filesystem: the kernel-facing layer. Mounts a FUSE filesystem whose root
+// holds one regular file per engine region, and maps libfuse low-level
+// requests onto Region calls. Inode numbers are region index + 2 (1 is the
+// root) and never reused: regions are never removed.
+//
+// Threading: Run serves on libfuse's worker threads, which never block on
+// the network — a READ of absent pages is answered from the thread that
+// lands them. Unmount may be called from any other thread.
+#ifndef LAZYRAM_FUSEFS_FILESYSTEM_H_
+#define LAZYRAM_FUSEFS_FILESYSTEM_H_
+
+#include <sys/stat.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "daemon/engine.h"
+
+struct fuse_session;
+
+namespace lazyram::fusefs {
+
+class Filesystem {
+ public:
+  struct Options {
+    std::string mountpoint;  // must exist and be a directory
+    bool allow_other = false;
+    int max_threads = 32;
+  };
+
+  // Mounts. The engine must outlive the Filesystem.
+  static absl::StatusOr<std::unique_ptr<Filesystem>> Mount(Engine* engine, Options options);
+  Filesystem(const Filesystem&) = delete;
+  Filesystem& operator=(const Filesystem&) = delete;
+  // Unmounts if still mounted and frees the session.
+  ~Filesystem();
+
+  // Serves requests until the filesystem is unmounted.
+  absl::Status Run();
+
+  // Unmounts: the kernel writes dirty pages back first. Busy (a file still
+  // open or mapped) is kFailedPrecondition unless `lazy`, which detaches
+  // the mount and lets Run serve until its last user is gone.
+  absl::Status Unmount(bool lazy);
+
+  const std::string& mountpoint() const { return options_.mountpoint; }
+
+  // Called by the request handlers (fusefs/filesystem_ops.cc).
+  Engine* engine() const { return engine_; }
+  struct stat RegionAttr(size_t index) const;
+  struct stat RootAttr() const;
+
+ private:
+  Filesystem(Engine* engine, Options options);
+
+  Engine* const engine_;
+  const Options options_;
+  const timespec mount_time_;  // every file's mtime: a changed mtime drops caches
+  fuse_session* session_ = nullptr;
+};
+
+}  // namespace lazyram::fusefs
+
+#endif  // LAZYRAM_FUSEFS_FILESYSTEM_H_

@@ -1,0 +1,247 @@
+#include "fusefs/filesystem_ops.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/statvfs.h>
+
+#include <cerrno>
+#include <cstring>
+#include <span>
+#include <string>
+
+#include "daemon/log.h"
+#include "fusefs/filesystem.h"
+#include "fusefs/status_errno.h"
+
+namespace lazyram::fusefs {
+namespace {
+
+// Regions never change behind the kernel's back: cache names and attributes
+// for as long as the kernel likes. A short-lived cache would make it drop
+// the consumer's pages whenever it re-validated.
+constexpr double kCacheTimeout = 86400.0 * 365;
+
+Filesystem* Fs(fuse_req_t req) { return static_cast<Filesystem*>(fuse_req_userdata(req)); }
+
+// Region index of an inode, or -1 for the root or an unknown inode.
+ssize_t IndexOf(Filesystem* fs, fuse_ino_t ino) {
+  if (ino < 2) return -1;
+  const size_t index = ino - 2;
+  return fs->engine()->region(index) == nullptr ? -1 : static_cast<ssize_t>(index);
+}
+
+void ReplyStatus(fuse_req_t req, const absl::Status& status) {
+  fuse_reply_err(req, StatusToErrno(status));
+}
+
+fuse_entry_param EntryFor(Filesystem* fs, size_t index) {
+  fuse_entry_param e{};
+  e.ino = index + 2;
+  e.generation = 1;
+  e.attr = fs->RegionAttr(index);
+  e.attr_timeout = kCacheTimeout;
+  e.entry_timeout = kCacheTimeout;
+  return e;
+}
+
+void OpenFlags(fuse_file_info* fi) {
+  // Cached mode: shared writable mmap needs it, and pages stay cached
+  // across opens. Never direct_io (design.md).
+  fi->keep_cache = 1;
+  fi->direct_io = 0;
+}
+
+void Init(void* /*userdata*/, fuse_conn_info* conn) {
+  // A changed size or mtime must not drop the consumer's pages.
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  // QEMU's huge-page faults arrive as many parallel READs.
+  conn->max_background = 64;
+  conn->congestion_threshold = 48;
+}
+
+void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Filesystem* fs = Fs(req);
+  if (parent != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOENT);
+  std::optional<size_t> index = fs->engine()->FindRegion(name);
+  if (!index.has_value()) return (void)fuse_reply_err(req, ENOENT);
+  fuse_entry_param e = EntryFor(fs, *index);
+  fuse_reply_entry(req, &e);
+}
+
+void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
+  Filesystem* fs = Fs(req);
+  if (ino == FUSE_ROOT_ID) {
+    struct stat st = fs->RootAttr();
+    return (void)fuse_reply_attr(req, &st, kCacheTimeout);
+  }
+  ssize_t index = IndexOf(fs, ino);
+  if (index < 0) return (void)fuse_reply_err(req, ENOENT);
+  struct stat st = fs->RegionAttr(static_cast<size_t>(index));
+  fuse_reply_attr(req, &st, kCacheTimeout);
+}
+
+void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
+             fuse_file_info* /*fi*/) {
+  Filesystem* fs = Fs(req);
+  ssize_t index = IndexOf(fs, ino);
+  if (index < 0) return (void)fuse_reply_err(req, ino == FUSE_ROOT_ID ? EPERM : ENOENT);
+  if (to_set & FUSE_SET_ATTR_SIZE) {
+    absl::Status s = fs->engine()
+                         ->region(static_cast<size_t>(index))
+                         ->Resize(static_cast<uint64_t>(attr->st_size));
+    if (!s.ok()) return ReplyStatus(req, s);
+  }
+  // Mode, owner and times are fixed: a changed mtime would invalidate the
+  // consumer's cached pages. Such requests succeed without effect.
+  struct stat st = fs->RegionAttr(static_cast<size_t>(index));
+  fuse_reply_attr(req, &st, kCacheTimeout);
+}
+
+void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Filesystem* fs = Fs(req);
+  if (ino == FUSE_ROOT_ID) return (void)fuse_reply_err(req, EISDIR);
+  ssize_t index = IndexOf(fs, ino);
+  if (index < 0) return (void)fuse_reply_err(req, ENOENT);
+  fi->fh = static_cast<uint64_t>(index);
+  OpenFlags(fi);
+  fuse_reply_open(req, fi);
+}
+
+void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/,
+            fuse_file_info* fi) {
+  Filesystem* fs = Fs(req);
+  if (parent != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOENT);
+  absl::StatusOr<size_t> index = fs->engine()->CreateRegion(name);
+  if (!index.ok()) return ReplyStatus(req, index.status());
+  fi->fh = *index;
+  OpenFlags(fi);
+  fuse_entry_param e = EntryFor(fs, *index);
+  fuse_reply_create(req, &e, fi);
+}
+
+void Read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_info* fi) {
+  Region* region = Fs(req)->engine()->region(fi->fh);
+  const uint64_t region_size = region->size();
+  const uint64_t offset = static_cast<uint64_t>(off);
+  if (offset >= region_size || size == 0) return (void)fuse_reply_buf(req, nullptr, 0);
+  const size_t length = static_cast<size_t>(std::min<uint64_t>(size, region_size - offset));
+  // Answered from whichever thread makes the pages local; this worker
+  // returns at once.
+  region->EnsureLocal(
+      offset, length, protocol::Priority::kDemand, [req, region, offset, length](absl::Status s) {
+        if (!s.ok()) {
+          LogError("read of %s at %u+%u failed: %s", region->name(), offset, length, s.message());
+          return ReplyStatus(req, s);
+        }
+        // The store holds every byte of the range now; the
+        // reply is read straight from its descriptor.
+        fuse_bufvec buf = FUSE_BUFVEC_INIT(length);
+        buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+        buf.buf[0].fd = region->store().fd();
+        buf.buf[0].pos = static_cast<off_t>(offset);
+        fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_NONBLOCK);
+      });
+}
+
+void Write(fuse_req_t req, fuse_ino_t /*ino*/, const char* buf, size_t size, off_t off,
+           fuse_file_info* fi) {
+  Region* region = Fs(req)->engine()->region(fi->fh);
+  region->Write(static_cast<uint64_t>(off), std::span(reinterpret_cast<const uint8_t*>(buf), size),
+                [req, size](absl::Status s) {
+                  if (!s.ok()) return ReplyStatus(req, s);
+                  fuse_reply_write(req, size);
+                });
+}
+
+void Fallocate(fuse_req_t req, fuse_ino_t /*ino*/, int mode, off_t offset, off_t length,
+               fuse_file_info* fi) {
+  Region* region = Fs(req)->engine()->region(fi->fh);
+  const auto off = static_cast<uint64_t>(offset), len = static_cast<uint64_t>(length);
+  if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) {
+    return region->Punch(off, len, [req](absl::Status s) { ReplyStatus(req, s); });
+  }
+  if (mode == 0 || mode == FALLOC_FL_KEEP_SIZE) {
+    // Every page is backed already; allocating only grows a sourceless file.
+    if (mode == 0 && off + len > region->size()) return ReplyStatus(req, region->Resize(off + len));
+    return (void)fuse_reply_err(req, 0);
+  }
+  fuse_reply_err(req, EOPNOTSUPP);
+}
+
+void Flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+void Release(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+void Fsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) { fuse_reply_err(req, 0); }
+
+void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (ino != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOTDIR);
+  fuse_reply_open(req, fi);
+}
+
+void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* /*fi*/) {
+  Filesystem* fs = Fs(req);
+  if (ino != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOTDIR);
+  std::string buf(size, '\0');
+  size_t used = 0;
+  // Entry k (0 ".", 1 "..", then regions) carries offset k+1: the offset a
+  // next call resumes from.
+  const size_t total = 2 + fs->engine()->region_count();
+  for (size_t k = static_cast<size_t>(off); k < total; ++k) {
+    struct stat st {};
+    std::string name;
+    if (k < 2) {
+      st.st_ino = FUSE_ROOT_ID;
+      st.st_mode = S_IFDIR;
+      name = k == 0 ? "." : "..";
+    } else {
+      st.st_ino = k;  // region k-2 has inode k
+      st.st_mode = S_IFREG;
+      name = fs->engine()->region(k - 2)->name();
+    }
+    size_t need = fuse_add_direntry(req, buf.data() + used, size - used, name.c_str(), &st,
+                                    static_cast<off_t>(k + 1));
+    if (need > size - used) break;
+    used += need;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void StatFs(fuse_req_t req, fuse_ino_t) {
+  Filesystem* fs = Fs(req);
+  struct statvfs sv {};
+  sv.f_bsize = sv.f_frsize = 4096;
+  for (size_t i = 0; i < fs->engine()->region_count(); ++i) {
+    sv.f_blocks += (fs->engine()->region(i)->size() + 4095) / 4096;
+  }
+  sv.f_files = fs->engine()->region_count();
+  sv.f_namemax = 255;
+  fuse_reply_statfs(req, &sv);
+}
+
+fuse_lowlevel_ops MakeOps() {
+  fuse_lowlevel_ops ops{};
+  ops.init = Init;
+  ops.lookup = Lookup;
+  ops.getattr = GetAttr;
+  ops.setattr = SetAttr;
+  ops.open = Open;
+  ops.create = Create;
+  ops.read = Read;
+  ops.write = Write;
+  ops.fallocate = Fallocate;
+  ops.flush = Flush;
+  ops.release = Release;
+  ops.fsync = Fsync;
+  ops.opendir = OpenDir;
+  ops.readdir = ReadDir;
+  ops.statfs = StatFs;
+  return ops;
+}
+
+}  // namespace
+
+const fuse_lowlevel_ops& FilesystemOps() {
+  static const fuse_lowlevel_ops ops = MakeOps();
+  return ops;
+}
+
+}  // namespace lazyram::fusefs
