@@ -1,6 +1,7 @@
 #include "daemon/engine.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 
@@ -189,7 +190,8 @@ nlohmann::json Engine::StatusJson() const {
   }
   std::string source =
       fetcher_ == nullptr ? "none" : std::string(SourceStateName(fetcher_->state()));
-  nlohmann::json out = {{"source", source}, {"complete", complete}, {"regions", regions}};
+  nlohmann::json out = {
+      {"source", source}, {"complete", complete}, {"pid", getpid()}, {"regions", regions}};
   if (fetcher_ != nullptr) out["checksum_errors"] = fetcher_->checksum_errors();
   return out;
 }

@@ -126,14 +126,16 @@ void Fetcher::Loop::Run() {
   ArmWake();
   bool stopping = false;
   while (!stopping) {
+    bool detach = false;
     {
       absl::MutexLock lock(&fetcher_->mu_);
       stopping = fetcher_->stopping_;
-      if (fetcher_->detached_ && !detached_) {
-        detached_ = true;
-        for (size_t i = 0; i < conns_.size(); ++i) {
-          if (conns_[i].up) Fail(i, absl::OkStatus());
-        }
+      detach = fetcher_->detached_ && !detached_;
+    }
+    if (detach) {
+      detached_ = true;
+      for (size_t i = 0; i < conns_.size(); ++i) {
+        if (conns_[i].up) Fail(i, absl::OkStatus());
       }
     }
     if (stopping) break;

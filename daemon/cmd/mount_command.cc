@@ -153,16 +153,21 @@ int RunMount(const MountOptions& options) {
     PrintError(absl::StrCat("store directory ", options.store, " does not exist"));
     return 1;
   }
-  std::string name = std::filesystem::path(options.mountpoint).lexically_normal().filename();
-  if (name.empty())
-    name = std::filesystem::path(options.mountpoint).lexically_normal().parent_path().filename();
-  const std::string control_path = options.control.value_or(
-      absl::StrCat("/run/lazyram/", name.empty() ? "root" : name, ".sock"));
+  // The daemon may outlive the caller's working directory: make every path
+  // absolute before anything uses it.
+  MountOptions opts = options;
+  const std::filesystem::path mountpoint =
+      std::filesystem::absolute(options.mountpoint).lexically_normal();
+  std::string name = mountpoint.filename();
+  if (name.empty()) name = mountpoint.parent_path().filename();
+  const std::string control_path = std::filesystem::absolute(options.control.value_or(
+      absl::StrCat("/run/lazyram/", name.empty() ? "root" : name, ".sock")));
+  if (opts.store != "mem") opts.store = std::filesystem::absolute(opts.store);
 
-  if (options.foreground) return Serve(options, control_path, StartupReport(-1));
+  if (options.foreground) return Serve(opts, control_path, StartupReport(-1));
 
-  const std::string log_path = options.log.value_or(
-      absl::StrCat(std::filesystem::path(control_path).replace_extension(".log").string()));
+  const std::string log_path = std::filesystem::absolute(
+      options.log.value_or(std::filesystem::path(control_path).replace_extension(".log").string()));
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
     PrintError(absl::StrCat("pipe: ", std::strerror(errno)));
@@ -177,7 +182,8 @@ int RunMount(const MountOptions& options) {
   if (pid == 0) {
     close(pipe_fds[0]);
     setsid();
-    std::filesystem::create_directories(std::filesystem::path(log_path).parent_path());
+    std::error_code ignored;  // a failure shows as the open below failing
+    std::filesystem::create_directories(std::filesystem::path(log_path).parent_path(), ignored);
     int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
     // Keep no pipe of the caller open: a caller reading our output must see
@@ -185,7 +191,7 @@ int RunMount(const MountOptions& options) {
     dup2(null_fd, STDIN_FILENO);
     dup2(null_fd, STDOUT_FILENO);
     dup2(log_fd >= 0 ? log_fd : null_fd, STDERR_FILENO);
-    _exit(Serve(options, control_path, StartupReport(pipe_fds[1])));
+    _exit(Serve(opts, control_path, StartupReport(pipe_fds[1])));
   }
   close(pipe_fds[1]);
   std::string message;
