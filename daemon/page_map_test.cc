@@ -296,7 +296,9 @@ TEST(PageMapTest, RacingTransitionsClaimEachPageOnce) {
           winners[p].fetch_add(1);
           ++won[t];
           // The winner alone may move the page on.
-          if (p % 3 == 0) EXPECT_TRUE(map.Transition(p, PageState::kFetching, PageState::kPresent));
+          if (p % 3 == 0) {
+            EXPECT_TRUE(map.Transition(p, PageState::kFetching, PageState::kPresent));
+          }
         }
       }
     });

@@ -1,0 +1,1152 @@
+#include "daemon/region.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <deque>
+#include <optional>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "daemon/fd_store.h"
+
+namespace lazyram {
+namespace {
+
+using protocol::kPageSize;
+using protocol::PageFlag;
+using protocol::Priority;
+
+constexpr uint32_t kRegionIndex = 3;
+
+// A fetch the region asked for, to be answered by the test.
+struct PendingFetch {
+  uint32_t region = 0;
+  uint64_t first_page = 0;
+  uint32_t count = 0;
+  Priority priority = Priority::kDemand;
+  FetchCallback done;
+};
+
+// A PageSource whose fetches wait until the test answers them. The source's
+// bytes are `image`; a page that is all zero there is sent as a zero flag,
+// as the page server does.
+class FakeSource : public PageSource {
+ public:
+  explicit FakeSource(std::vector<uint8_t> image) : image_(std::move(image)) {}
+
+  void Fetch(uint32_t region, uint64_t first_page, uint32_t count, Priority priority,
+             FetchCallback done) override {
+    EXPECT_EQ(region, kRegionIndex);
+    EXPECT_GE(count, 1u);
+    EXPECT_LE(count, protocol::kMaxPagesPerRequest);
+    EXPECT_LE((first_page + count) * kPageSize, image_.size() + kPageSize - 1);
+    absl::MutexLock lock(&mu_);
+    history_.push_back({region, first_page, count, priority, nullptr});
+    pending_.push_back({region, first_page, count, priority, std::move(done)});
+  }
+
+  // Every Fetch so far (without callbacks), oldest first.
+  std::vector<PendingFetch> history() const {
+    absl::MutexLock lock(&mu_);
+    std::vector<PendingFetch> out;
+    for (const PendingFetch& f : history_) {
+      out.push_back({f.region, f.first_page, f.count, f.priority, nullptr});
+    }
+    return out;
+  }
+  size_t fetches() const {
+    absl::MutexLock lock(&mu_);
+    return history_.size();
+  }
+  size_t pending() const {
+    absl::MutexLock lock(&mu_);
+    return pending_.size();
+  }
+  // Waits up to `timeout` for a fetch to be pending; returns how many are.
+  size_t AwaitPending(absl::Duration timeout) const {
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(
+                             +[](const std::deque<PendingFetch>* p) { return !p->empty(); },
+                             &pending_),
+                         timeout);
+    return pending_.size();
+  }
+  // Whether any fetch so far covered `page`.
+  bool Fetched(uint64_t page) const {
+    absl::MutexLock lock(&mu_);
+    return std::any_of(history_.begin(), history_.end(), [page](const PendingFetch& f) {
+      return page >= f.first_page && page < f.first_page + f.count;
+    });
+  }
+
+  // Removes and returns pending fetch `i` (oldest first), if there is one.
+  std::optional<PendingFetch> Take(size_t i = 0) {
+    absl::MutexLock lock(&mu_);
+    if (i >= pending_.size()) return std::nullopt;
+    PendingFetch f = std::move(pending_[i]);
+    pending_.erase(pending_.begin() + static_cast<ptrdiff_t>(i));
+    return f;
+  }
+
+  // Answers `f` from the image. Runs the region's landing on this thread.
+  void Deliver(PendingFetch f) const {
+    std::vector<uint8_t> flags, payload;
+    for (uint64_t p = f.first_page; p < f.first_page + f.count; ++p) {
+      auto page = image_.begin() + static_cast<ptrdiff_t>(p * kPageSize);
+      auto page_end = image_.begin() + static_cast<ptrdiff_t>(
+                                           std::min<uint64_t>((p + 1) * kPageSize, image_.size()));
+      if (std::all_of(page, page_end, [](uint8_t b) { return b == 0; })) {
+        flags.push_back(static_cast<uint8_t>(PageFlag::kZero));
+      } else {
+        flags.push_back(static_cast<uint8_t>(PageFlag::kData));
+        payload.insert(payload.end(), page, page_end);
+        payload.resize(payload.size() + (p + 1) * kPageSize -
+                       static_cast<uint64_t>(page_end - image_.begin()));
+      }
+    }
+    DeliverBytes(std::move(f), flags, payload);
+  }
+
+  // Answers `f` with exactly these flags and payload.
+  static void DeliverBytes(PendingFetch f, std::span<const uint8_t> flags,
+                           std::span<const uint8_t> payload) {
+    FetchedPages pages{f.first_page, f.count, flags, payload};
+    f.done(pages);
+  }
+
+  static void Fail(PendingFetch f, absl::Status status) { f.done(std::move(status)); }
+
+  // Answers the oldest pending fetch from the image; false if none.
+  bool CompleteNext() {
+    std::optional<PendingFetch> f = Take();
+    if (!f.has_value()) return false;
+    Deliver(*std::move(f));
+    return true;
+  }
+  // Answers fetches until none is pending (answers may cause new fetches).
+  int CompleteAll() {
+    int n = 0;
+    while (CompleteNext()) ++n;
+    return n;
+  }
+
+  const std::vector<uint8_t>& image() const { return image_; }
+
+ private:
+  const std::vector<uint8_t> image_;
+  mutable absl::Mutex mu_;
+  std::vector<PendingFetch> history_ ABSL_GUARDED_BY(mu_);
+  std::deque<PendingFetch> pending_ ABSL_GUARDED_BY(mu_);
+};
+
+// Source bytes: every page distinct and non-zero, except the listed pages.
+std::vector<uint8_t> MakeImage(uint64_t pages, std::vector<uint64_t> zero_pages = {}) {
+  std::vector<uint8_t> image(pages * kPageSize);
+  for (uint64_t i = 0; i < image.size(); ++i) {
+    image[i] = static_cast<uint8_t>(1 + (i % 251) + (i / kPageSize) * 7);
+    if (image[i] == 0) image[i] = 0x5A;
+  }
+  for (uint64_t p : zero_pages) {
+    std::fill_n(image.begin() + static_cast<ptrdiff_t>(p * kPageSize), kPageSize, 0);
+  }
+  return image;
+}
+
+std::vector<uint8_t> Filled(size_t n, uint8_t value) { return std::vector<uint8_t>(n, value); }
+
+std::vector<uint8_t> Slice(const std::vector<uint8_t>& v, uint64_t offset, uint64_t n) {
+  return std::vector<uint8_t>(v.begin() + static_cast<ptrdiff_t>(offset),
+                              v.begin() + static_cast<ptrdiff_t>(offset + n));
+}
+
+// Records the status a Done callback got, and whether it ran at all.
+class DoneRecorder {
+ public:
+  Region::Done Callback() {
+    return [this](absl::Status s) {
+      {
+        absl::MutexLock lock(&mu_);
+        EXPECT_FALSE(status_.has_value()) << "done ran twice";
+        status_ = std::move(s);
+      }
+      notification_.Notify();
+    };
+  }
+  bool called() const { return notification_.HasBeenNotified(); }
+  bool WaitFor(absl::Duration timeout) {
+    return notification_.WaitForNotificationWithTimeout(timeout);
+  }
+  absl::Status status() const {
+    absl::MutexLock lock(&mu_);
+    return status_.value_or(absl::InternalError("done has not run"));
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::optional<absl::Status> status_ ABSL_GUARDED_BY(mu_);
+  absl::Notification notification_;
+};
+
+class RegionTest : public testing::Test {
+ protected:
+  // A region of `pages` pages over `source_`, with a memory store.
+  void MakeRegion(uint64_t pages, std::vector<uint64_t> zero_pages = {},
+                  std::vector<protocol::ZeroExtent> zero_extents = {}) {
+    source_ = std::make_unique<FakeSource>(MakeImage(pages, std::move(zero_pages)));
+    Region::Options options;
+    options.name = "ram";
+    options.index = kRegionIndex;
+    options.size = pages * kPageSize;
+    options.source = source_.get();
+    options.zero_extents = std::move(zero_extents);
+    options.max_size = options.size;
+    region_ = Create(std::move(options));
+  }
+
+  static std::unique_ptr<Region> Create(Region::Options options) {
+    absl::StatusOr<std::unique_ptr<FdStore>> store =
+        FdStore::CreateMemory(options.name, (options.size + kPageSize - 1) / kPageSize * kPageSize);
+    EXPECT_TRUE(store.ok()) << store.status();
+    if (!store.ok()) return nullptr;
+    absl::StatusOr<std::unique_ptr<Region>> region =
+        Region::Create(std::move(options), *std::move(store));
+    EXPECT_TRUE(region.ok()) << region.status();
+    return region.ok() ? *std::move(region) : nullptr;
+  }
+
+  std::vector<uint8_t> Read(uint64_t offset, uint64_t n) {
+    std::vector<uint8_t> out(n, 0xEE);
+    absl::Status s = region_->store().Read(offset, out);
+    EXPECT_TRUE(s.ok()) << s;
+    return out;
+  }
+  std::vector<uint8_t> ReadPage(uint64_t page) { return Read(page * kPageSize, kPageSize); }
+  std::vector<uint8_t> ImagePage(uint64_t page) {
+    return Slice(source_->image(), page * kPageSize, kPageSize);
+  }
+
+  // Runs an operation whose `done` must run inline; returns its status.
+  template <typename Op>
+  absl::Status Sync(Op op) {
+    DoneRecorder r;
+    op(r.Callback());
+    EXPECT_TRUE(r.called()) << "expected done to run inline";
+    return r.status();
+  }
+  absl::Status WriteNow(uint64_t offset, const std::vector<uint8_t>& data) {
+    return Sync([&](Region::Done d) { region_->Write(offset, data, std::move(d)); });
+  }
+
+  std::unique_ptr<FakeSource> source_;
+  std::unique_ptr<Region> region_;
+};
+
+TEST_F(RegionTest, EnsureLocalFetchesOnlyAbsentPages) {
+  MakeRegion(16, {}, {{2, 2}});
+  ASSERT_NE(region_, nullptr);
+  ASSERT_TRUE(WriteNow(5 * kPageSize, Filled(kPageSize, 0x55)).ok());
+  EXPECT_EQ(source_->fetches(), 0u);
+
+  DoneRecorder r;
+  region_->EnsureLocal(0, 8 * kPageSize, Priority::kDemand, r.Callback());
+  // Pages 2-3 are known zero and 5 was written: three runs around them.
+  const std::vector<PendingFetch> h = source_->history();
+  ASSERT_EQ(h.size(), 3u);
+  EXPECT_EQ(h[0].first_page, 0u);
+  EXPECT_EQ(h[0].count, 2u);
+  EXPECT_EQ(h[1].first_page, 4u);
+  EXPECT_EQ(h[1].count, 1u);
+  EXPECT_EQ(h[2].first_page, 6u);
+  EXPECT_EQ(h[2].count, 2u);
+  for (const PendingFetch& f : h) EXPECT_EQ(f.priority, Priority::kDemand);
+  EXPECT_FALSE(region_->IsLocal(0, 8 * kPageSize));
+
+  ASSERT_TRUE(source_->CompleteNext());
+  ASSERT_TRUE(source_->CompleteNext());
+  EXPECT_FALSE(r.called());
+  EXPECT_TRUE(region_->IsLocal(0, 2 * kPageSize));
+  ASSERT_TRUE(source_->CompleteNext());
+  ASSERT_TRUE(r.called());
+  EXPECT_TRUE(r.status().ok()) << r.status();
+  EXPECT_TRUE(region_->IsLocal(0, 8 * kPageSize));
+  EXPECT_FALSE(region_->IsLocal(8 * kPageSize, 1));
+
+  for (uint64_t p : {0, 1, 4, 6, 7}) EXPECT_EQ(ReadPage(p), ImagePage(p)) << "page " << p;
+  EXPECT_EQ(ReadPage(2), Filled(kPageSize, 0));
+  EXPECT_EQ(ReadPage(3), Filled(kPageSize, 0));
+  EXPECT_EQ(ReadPage(5), Filled(kPageSize, 0x55));
+  EXPECT_EQ(source_->fetches(), 3u);
+
+  // Local now: done runs inline and nothing is fetched.
+  EXPECT_TRUE(Sync([&](Region::Done d) {
+                region_->EnsureLocal(100, 7 * kPageSize, Priority::kDemand, std::move(d));
+              }).ok());
+  EXPECT_EQ(source_->fetches(), 3u);
+}
+
+TEST_F(RegionTest, UnalignedRangeCoversEveryTouchedPage) {
+  MakeRegion(8);
+  DoneRecorder r;
+  region_->EnsureLocal(kPageSize - 1, 2, Priority::kDemand, r.Callback());
+  const std::vector<PendingFetch> h = source_->history();
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_EQ(h[0].first_page, 0u);
+  EXPECT_EQ(h[0].count, 2u);
+  source_->CompleteAll();
+  EXPECT_TRUE(r.called());
+  EXPECT_EQ(region_->TakeFaultHint(), 2u);
+  EXPECT_EQ(region_->TakeFaultHint(), UINT64_MAX);
+}
+
+TEST_F(RegionTest, LongRangesAreSplitIntoMaximalRequests) {
+  const uint64_t pages = protocol::kMaxPagesPerRequest * 2 + 5;
+  MakeRegion(pages);
+  DoneRecorder r;
+  region_->EnsureLocal(0, pages * kPageSize, Priority::kDemand, r.Callback());
+  const std::vector<PendingFetch> h = source_->history();
+  ASSERT_EQ(h.size(), 3u);
+  EXPECT_EQ(h[0].count, protocol::kMaxPagesPerRequest);
+  EXPECT_EQ(h[1].first_page, protocol::kMaxPagesPerRequest);
+  EXPECT_EQ(h[2].count, 5u);
+  source_->CompleteAll();
+  ASSERT_TRUE(r.called());
+  EXPECT_EQ(Read(0, pages * kPageSize), source_->image());
+}
+
+TEST_F(RegionTest, CompletionFromAnotherThread) {
+  MakeRegion(8);
+  DoneRecorder r;
+  region_->EnsureLocal(kPageSize, 3 * kPageSize, Priority::kDemand, r.Callback());
+  std::thread completer([this] { source_->CompleteAll(); });
+  EXPECT_TRUE(r.WaitFor(absl::Seconds(10)));
+  completer.join();
+  EXPECT_TRUE(r.status().ok()) << r.status();
+  EXPECT_EQ(Read(kPageSize, 3 * kPageSize), Slice(source_->image(), kPageSize, 3 * kPageSize));
+}
+
+TEST_F(RegionTest, InflightPagesAreNotFetchedTwice) {
+  MakeRegion(8);
+  DoneRecorder first, second, third;
+  region_->EnsureLocal(0, 4 * kPageSize, Priority::kDemand, first.Callback());
+  EXPECT_EQ(source_->fetches(), 1u);
+  region_->EnsureLocal(2 * kPageSize, 4 * kPageSize, Priority::kDemand, second.Callback());
+  // Only pages 4-5 are new.
+  std::vector<PendingFetch> h = source_->history();
+  ASSERT_EQ(h.size(), 2u);
+  EXPECT_EQ(h[1].first_page, 4u);
+  EXPECT_EQ(h[1].count, 2u);
+  region_->EnsureLocal(kPageSize, kPageSize, Priority::kDemand, third.Callback());
+  EXPECT_EQ(source_->fetches(), 2u);
+
+  ASSERT_TRUE(source_->CompleteNext());  // pages 0-3
+  EXPECT_TRUE(first.called());
+  EXPECT_TRUE(third.called());
+  EXPECT_FALSE(second.called());
+  ASSERT_TRUE(source_->CompleteNext());  // pages 4-5
+  EXPECT_TRUE(second.called());
+  EXPECT_TRUE(first.status().ok());
+  EXPECT_TRUE(second.status().ok());
+  EXPECT_TRUE(third.status().ok());
+  EXPECT_EQ(Read(0, 6 * kPageSize), Slice(source_->image(), 0, 6 * kPageSize));
+  EXPECT_EQ(source_->fetches(), 2u);
+}
+
+TEST_F(RegionTest, ReadaheadIsFetchedButNotWaitedFor) {
+  MakeRegion(8);
+  DoneRecorder ahead;
+  region_->EnsureLocal(2 * kPageSize, kPageSize, Priority::kDemand, ahead.Callback());
+  ASSERT_EQ(source_->fetches(), 1u);  // page 2
+  DoneRecorder r;
+  region_->EnsureLocal(0, kPageSize, Priority::kDemand, r.Callback(), 3 * kPageSize);
+  // Pages 0-1 and 3; page 2 is already on its way.
+  const std::vector<PendingFetch> h = source_->history();
+  ASSERT_EQ(h.size(), 3u);
+  EXPECT_EQ(h[1].first_page, 0u);
+  EXPECT_EQ(h[1].count, 2u);
+  EXPECT_EQ(h[2].first_page, 3u);
+  EXPECT_EQ(h[2].count, 1u);
+  std::optional<PendingFetch> f = source_->Take(1);
+  ASSERT_TRUE(f.has_value());
+  source_->Deliver(*std::move(f));
+  EXPECT_TRUE(r.called());  // pages 2 and 3 still in flight
+  EXPECT_FALSE(ahead.called());
+  source_->CompleteAll();
+  EXPECT_TRUE(ahead.called());
+  EXPECT_TRUE(region_->IsLocal(0, 4 * kPageSize));
+}
+
+TEST_F(RegionTest, ZeroExtentsAreLocalAndNeverFetched) {
+  MakeRegion(10, {}, {{0, 3}, {7, 3}});
+  ASSERT_NE(region_, nullptr);
+  EXPECT_TRUE(region_->IsLocal(0, 3 * kPageSize));
+  EXPECT_TRUE(region_->IsLocal(7 * kPageSize, 3 * kPageSize));
+  EXPECT_FALSE(region_->IsLocal(2 * kPageSize, 2 * kPageSize));
+  EXPECT_TRUE(Sync([&](Region::Done d) {
+                region_->EnsureLocal(kPageSize, 2 * kPageSize, Priority::kDemand, std::move(d));
+              }).ok());
+  EXPECT_EQ(source_->fetches(), 0u);
+  EXPECT_EQ(Read(0, 3 * kPageSize), Filled(3 * kPageSize, 0));
+  RegionStats s = region_->Stats();
+  EXPECT_EQ(s.pages_zero, 6u);
+  EXPECT_EQ(s.pages_present, 0u);
+
+  DoneRecorder r;
+  region_->EnsureLocal(0, 10 * kPageSize, Priority::kDemand, r.Callback());
+  const std::vector<PendingFetch> h = source_->history();
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_EQ(h[0].first_page, 3u);
+  EXPECT_EQ(h[0].count, 4u);
+  source_->CompleteAll();
+  EXPECT_TRUE(r.called());
+  EXPECT_TRUE(region_->complete());
+}
+
+TEST_F(RegionTest, ZeroExtentPastTheEndIsRejected) {
+  FakeSource source(MakeImage(4));
+  Region::Options options;
+  options.name = "bad";
+  options.size = 4 * kPageSize;
+  options.source = &source;
+  options.zero_extents = {{3, 2}};
+  absl::StatusOr<std::unique_ptr<FdStore>> store = FdStore::CreateMemory("bad", options.size);
+  ASSERT_TRUE(store.ok());
+  absl::StatusOr<std::unique_ptr<Region>> region =
+      Region::Create(std::move(options), *std::move(store));
+  EXPECT_EQ(region.status().code(), absl::StatusCode::kInvalidArgument) << region.status();
+}
+
+TEST_F(RegionTest, LandedZeroFlagPagesBecomeZero) {
+  MakeRegion(6, {1, 3, 4});
+  DoneRecorder r;
+  region_->EnsureLocal(0, 6 * kPageSize, Priority::kDemand, r.Callback());
+  ASSERT_EQ(source_->CompleteAll(), 1);
+  ASSERT_TRUE(r.called());
+  EXPECT_TRUE(r.status().ok());
+  RegionStats s = region_->Stats();
+  EXPECT_EQ(s.pages_zero, 3u);
+  EXPECT_EQ(s.pages_present, 3u);
+  EXPECT_EQ(s.bytes_fetched, 3 * kPageSize);  // zero pages carry no bytes
+  EXPECT_TRUE(s.complete);
+  EXPECT_EQ(Read(0, 6 * kPageSize), source_->image());
+}
+
+TEST_F(RegionTest, FullPageWriteOverInflightFetchWins) {
+  MakeRegion(6);
+  DoneRecorder r;
+  region_->EnsureLocal(0, 4 * kPageSize, Priority::kDemand, r.Callback());
+  ASSERT_EQ(source_->fetches(), 1u);
+
+  // Pages 1-2 are written while their fetch is in flight: no fetch needed,
+  // and the write completes at once.
+  const std::vector<uint8_t> data = Filled(2 * kPageSize, 0xD1);
+  ASSERT_TRUE(WriteNow(kPageSize, data).ok());
+  EXPECT_EQ(source_->fetches(), 1u);
+  EXPECT_FALSE(r.called());  // pages 0 and 3 are still awaited
+  EXPECT_EQ(region_->Stats().pages_dirty, 2u);
+
+  ASSERT_TRUE(source_->CompleteNext());
+  ASSERT_TRUE(r.called());
+  EXPECT_TRUE(r.status().ok());
+  // The late fetch must not overwrite the written pages.
+  EXPECT_EQ(Read(kPageSize, 2 * kPageSize), data);
+  EXPECT_EQ(ReadPage(0), ImagePage(0));
+  EXPECT_EQ(ReadPage(3), ImagePage(3));
+  RegionStats s = region_->Stats();
+  EXPECT_EQ(s.pages_dirty, 2u);
+  EXPECT_EQ(s.pages_present, 4u);
+}
+
+TEST_F(RegionTest, WriteWakesWaitersOfTheWrittenPage) {
+  MakeRegion(4);
+  DoneRecorder r;
+  region_->EnsureLocal(kPageSize, kPageSize, Priority::kDemand, r.Callback());
+  ASSERT_TRUE(WriteNow(kPageSize, Filled(kPageSize, 7)).ok());
+  EXPECT_TRUE(r.called());  // the page is local: no need to wait for its fetch
+  EXPECT_TRUE(r.status().ok());
+  source_->CompleteAll();
+  EXPECT_EQ(ReadPage(1), Filled(kPageSize, 7));
+}
+
+TEST_F(RegionTest, FullPageWriteOverPullWins) {
+  MakeRegion(4);
+  uint64_t cursor = 0;
+  DoneRecorder pulled;
+  ASSERT_TRUE(region_->PullNext(&cursor, 4, pulled.Callback()));
+  ASSERT_TRUE(WriteNow(2 * kPageSize, Filled(kPageSize, 0xB2)).ok());
+  source_->CompleteAll();
+  ASSERT_TRUE(pulled.called());
+  EXPECT_TRUE(pulled.status().ok());
+  EXPECT_EQ(ReadPage(2), Filled(kPageSize, 0xB2));
+  EXPECT_EQ(ReadPage(3), ImagePage(3));
+}
+
+TEST_F(RegionTest, PartialWriteFetchesThePageFirst) {
+  MakeRegion(4);
+  const std::vector<uint8_t> data = Filled(200, 0xC3);
+  DoneRecorder r;
+  region_->Write(kPageSize + 100, data, r.Callback());
+  EXPECT_FALSE(r.called());
+  const std::vector<PendingFetch> h = source_->history();
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_EQ(h[0].first_page, 1u);
+  EXPECT_EQ(h[0].count, 1u);
+  EXPECT_EQ(h[0].priority, Priority::kDemand);
+  ASSERT_TRUE(source_->CompleteNext());
+  ASSERT_TRUE(r.called());
+  EXPECT_TRUE(r.status().ok()) << r.status();
+
+  std::vector<uint8_t> expected = ImagePage(1);
+  std::copy(data.begin(), data.end(), expected.begin() + 100);
+  EXPECT_EQ(ReadPage(1), expected);
+  EXPECT_EQ(region_->Stats().pages_dirty, 1u);
+
+  // The page is local now: another partial write lands at once.
+  ASSERT_TRUE(WriteNow(kPageSize + 1000, Filled(10, 0x11)).ok());
+  std::fill_n(expected.begin() + 1000, 10, 0x11);
+  EXPECT_EQ(ReadPage(1), expected);
+  EXPECT_EQ(source_->fetches(), 1u);
+}
+
+TEST_F(RegionTest, WriteWithPartialEdgesMergesBothEnds) {
+  MakeRegion(6);
+  // Head in page 1, whole pages 2-3, tail in page 4.
+  const uint64_t offset = 2 * kPageSize - 300;
+  std::vector<uint8_t> data(2 * kPageSize + 300 + 500);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 31 + 5);
+  DoneRecorder r;
+  region_->Write(offset, data, r.Callback());
+  EXPECT_FALSE(r.called());
+  source_->CompleteAll();
+  ASSERT_TRUE(r.called());
+  EXPECT_TRUE(r.status().ok()) << r.status();
+  std::vector<uint8_t> expected = source_->image();
+  std::copy(data.begin(), data.end(), expected.begin() + static_cast<ptrdiff_t>(offset));
+  EXPECT_EQ(Read(kPageSize, 4 * kPageSize), Slice(expected, kPageSize, 4 * kPageSize));
+  EXPECT_FALSE(source_->Fetched(0));
+  EXPECT_FALSE(source_->Fetched(5));
+  RegionStats s = region_->Stats();
+  EXPECT_EQ(s.pages_dirty, 4u);
+}
+
+TEST_F(RegionTest, PartialWriteWithinOnePageOfTwo) {
+  MakeRegion(4);
+  // Straddles pages 2 and 3, neither fully.
+  const std::vector<uint8_t> data = Filled(100, 0x77);
+  DoneRecorder r;
+  region_->Write(3 * kPageSize - 50, data, r.Callback());
+  source_->CompleteAll();
+  ASSERT_TRUE(r.called());
+  std::vector<uint8_t> expected = source_->image();
+  std::fill_n(expected.begin() + 3 * kPageSize - 50, 100, 0x77);
+  EXPECT_EQ(Read(2 * kPageSize, 2 * kPageSize), Slice(expected, 2 * kPageSize, 2 * kPageSize));
+  EXPECT_FALSE(source_->Fetched(0));
+  EXPECT_FALSE(source_->Fetched(1));
+}
+
+TEST_F(RegionTest, WritePastTheEndOfASourcedRegionFails) {
+  MakeRegion(2);
+  absl::Status s = WriteNow(2 * kPageSize - 10, Filled(20, 1));
+  EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange) << s;
+  EXPECT_EQ(region_->size(), 2 * kPageSize);
+  EXPECT_EQ(region_->Resize(4 * kPageSize).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(region_->Resize(2 * kPageSize).ok());
+  EXPECT_EQ(source_->fetches(), 0u);
+}
+
+TEST_F(RegionTest, PunchWholePagesNeverFetchesThem) {
+  MakeRegion(6);
+  ASSERT_TRUE(Sync([&](Region::Done d) {
+                region_->Punch(kPageSize, 3 * kPageSize, std::move(d));
+              }).ok());
+  EXPECT_EQ(source_->fetches(), 0u);
+  EXPECT_TRUE(region_->IsLocal(kPageSize, 3 * kPageSize));
+  EXPECT_EQ(region_->Stats().pages_zero, 3u);
+
+  DoneRecorder r;
+  region_->EnsureLocal(0, 6 * kPageSize, Priority::kDemand, r.Callback());
+  source_->CompleteAll();
+  ASSERT_TRUE(r.called());
+  for (uint64_t p : {1, 2, 3}) EXPECT_FALSE(source_->Fetched(p)) << p;
+  EXPECT_EQ(Read(kPageSize, 3 * kPageSize), Filled(3 * kPageSize, 0));
+  EXPECT_EQ(ReadPage(0), ImagePage(0));
+  EXPECT_EQ(ReadPage(4), ImagePage(4));
+}
+
+TEST_F(RegionTest, PunchOfLocalPagesZeroesThem) {
+  MakeRegion(4);
+  DoneRecorder r;
+  region_->EnsureLocal(0, 4 * kPageSize, Priority::kDemand, r.Callback());
+  source_->CompleteAll();
+  ASSERT_TRUE(WriteNow(3 * kPageSize, Filled(kPageSize, 9)).ok());
+  ASSERT_TRUE(Sync([&](Region::Done d) {
+                region_->Punch(2 * kPageSize, 2 * kPageSize, std::move(d));
+              }).ok());
+  EXPECT_EQ(Read(2 * kPageSize, 2 * kPageSize), Filled(2 * kPageSize, 0));
+  EXPECT_EQ(Read(0, 2 * kPageSize), Slice(source_->image(), 0, 2 * kPageSize));
+  RegionStats s = region_->Stats();
+  EXPECT_EQ(s.pages_zero, 2u);
+  EXPECT_EQ(s.pages_dirty, 0u);
+  EXPECT_EQ(s.pages_present, 2u);
+  EXPECT_TRUE(s.complete);
+}
+
+TEST_F(RegionTest, PunchWithPartialEdgesKeepsTheRestOfThosePages) {
+  MakeRegion(5);
+  // Zeroes the end of page 0, all of pages 1-2 and the start of page 3.
+  const uint64_t offset = 100, length = 3 * kPageSize + 200 - offset;
+  DoneRecorder r;
+  region_->Punch(offset, length, r.Callback());
+  source_->CompleteAll();
+  ASSERT_TRUE(r.called());
+  EXPECT_TRUE(r.status().ok()) << r.status();
+  std::vector<uint8_t> expected = source_->image();
+  std::fill_n(expected.begin() + offset, length, 0);
+  EXPECT_EQ(Read(0, 4 * kPageSize), Slice(expected, 0, 4 * kPageSize));
+  // The edges had to be fetched to keep their other bytes; the middle not.
+  EXPECT_TRUE(source_->Fetched(0));
+  EXPECT_TRUE(source_->Fetched(3));
+  EXPECT_FALSE(source_->Fetched(1));
+  EXPECT_FALSE(source_->Fetched(2));
+  EXPECT_FALSE(source_->Fetched(4));
+  EXPECT_EQ(region_->Stats().pages_zero, 2u);
+}
+
+TEST_F(RegionTest, PunchInsideOnePage) {
+  MakeRegion(3);
+  DoneRecorder r;
+  region_->Punch(kPageSize + 10, 20, r.Callback());
+  source_->CompleteAll();
+  ASSERT_TRUE(r.called());
+  std::vector<uint8_t> expected = ImagePage(1);
+  std::fill_n(expected.begin() + 10, 20, 0);
+  EXPECT_EQ(ReadPage(1), expected);
+  EXPECT_FALSE(source_->Fetched(0));
+  EXPECT_FALSE(source_->Fetched(2));
+}
+
+TEST_F(RegionTest, PunchOfInflightPageWinsOverItsFetch) {
+  MakeRegion(3);
+  DoneRecorder r;
+  region_->EnsureLocal(0, 3 * kPageSize, Priority::kDemand, r.Callback());
+  ASSERT_TRUE(Sync([&](Region::Done d) {
+                region_->Punch(kPageSize, kPageSize, std::move(d));
+              }).ok());
+  EXPECT_FALSE(r.called());
+  source_->CompleteAll();
+  ASSERT_TRUE(r.called());
+  EXPECT_EQ(ReadPage(1), Filled(kPageSize, 0));
+  EXPECT_EQ(ReadPage(2), ImagePage(2));
+  EXPECT_EQ(region_->Stats().pages_zero, 1u);
+}
+
+TEST_F(RegionTest, PunchPastTheEndIsClipped) {
+  MakeRegion(2);
+  ASSERT_TRUE(Sync([&](Region::Done d) {
+                region_->Punch(kPageSize, 10 * kPageSize, std::move(d));
+              }).ok());
+  EXPECT_EQ(region_->Stats().pages_zero, 1u);
+  EXPECT_TRUE(Sync([&](Region::Done d) {
+                region_->Punch(5 * kPageSize, kPageSize, std::move(d));
+              }).ok());
+  EXPECT_EQ(source_->fetches(), 0u);
+}
+
+TEST_F(RegionTest, StatsCountEveryKindOfPage) {
+  MakeRegion(10, {2}, {{9, 1}});
+  RegionStats s = region_->Stats();
+  EXPECT_EQ(s.name, "ram");
+  EXPECT_EQ(s.size, 10 * kPageSize);
+  EXPECT_EQ(s.pages_total, 10u);
+  EXPECT_EQ(s.pages_present, 0u);
+  EXPECT_EQ(s.pages_zero, 1u);
+  EXPECT_EQ(s.bytes_fetched, 0u);
+  EXPECT_EQ(s.demand_fetches, 0u);
+  EXPECT_EQ(s.latency_max_us, 0u);
+  EXPECT_FALSE(s.complete);
+
+  DoneRecorder a, b;
+  region_->EnsureLocal(0, 4 * kPageSize, Priority::kDemand, a.Callback());     // 0-3
+  region_->EnsureLocal(6 * kPageSize, kPageSize, Priority::kBulk, b.Callback());  // 6
+  source_->CompleteAll();
+  ASSERT_TRUE(a.called() && b.called());
+  ASSERT_TRUE(WriteNow(4 * kPageSize, Filled(kPageSize, 4)).ok());  // dirty, never fetched
+  ASSERT_TRUE(WriteNow(kPageSize, Filled(kPageSize, 1)).ok());      // present -> dirty
+
+  s = region_->Stats();
+  EXPECT_EQ(s.pages_dirty, 2u);
+  EXPECT_EQ(s.pages_present, 5u);  // 0, 1, 3, 4, 6: dirty ones included
+  EXPECT_EQ(s.pages_zero, 2u);     // 2 (landed zero) and 9 (extent)
+  EXPECT_EQ(s.bytes_fetched, 4 * kPageSize);
+  EXPECT_EQ(s.demand_fetches, 1u);
+  EXPECT_LE(s.latency_p50_us, s.latency_p99_us);
+  EXPECT_LE(s.latency_p99_us, s.latency_max_us);
+  EXPECT_FALSE(s.complete);
+  EXPECT_FALSE(region_->complete());
+
+  DoneRecorder c;
+  region_->EnsureLocal(0, 10 * kPageSize, Priority::kDemand, c.Callback());
+  source_->CompleteAll();
+  ASSERT_TRUE(c.called());
+  s = region_->Stats();
+  EXPECT_EQ(s.pages_present + s.pages_zero, 10u);
+  EXPECT_EQ(s.bytes_fetched, 7 * kPageSize);  // and pages 5, 7, 8
+  EXPECT_EQ(s.demand_fetches, 3u);            // runs {5} and {7, 8}
+  EXPECT_TRUE(s.complete);
+  EXPECT_TRUE(region_->complete());
+}
+
+TEST_F(RegionTest, FailedFetchReportsErrorAndPagesStayAbsent) {
+  MakeRegion(4);
+  DoneRecorder a, b;
+  region_->EnsureLocal(0, 2 * kPageSize, Priority::kDemand, a.Callback());
+  region_->EnsureLocal(kPageSize, kPageSize, Priority::kDemand, b.Callback());
+  ASSERT_EQ(source_->fetches(), 1u);
+  std::optional<PendingFetch> f = source_->Take();
+  ASSERT_TRUE(f.has_value());
+  FakeSource::Fail(*std::move(f), absl::UnavailableError("page server gone"));
+  ASSERT_TRUE(a.called());
+  ASSERT_TRUE(b.called());
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kUnavailable) << a.status();
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kUnavailable) << b.status();
+  EXPECT_FALSE(region_->IsLocal(0, 1));
+  EXPECT_FALSE(region_->IsLocal(kPageSize, 1));
+  EXPECT_EQ(region_->Stats().bytes_fetched, 0u);
+
+  // A retry fetches the pages again.
+  DoneRecorder retry;
+  region_->EnsureLocal(0, 2 * kPageSize, Priority::kDemand, retry.Callback());
+  EXPECT_EQ(source_->fetches(), 2u);
+  source_->CompleteAll();
+  ASSERT_TRUE(retry.called());
+  EXPECT_TRUE(retry.status().ok()) << retry.status();
+  EXPECT_EQ(Read(0, 2 * kPageSize), Slice(source_->image(), 0, 2 * kPageSize));
+}
+
+TEST_F(RegionTest, FailedFetchDoesNotUndoAWrite) {
+  MakeRegion(3);
+  DoneRecorder r;
+  region_->EnsureLocal(0, 3 * kPageSize, Priority::kDemand, r.Callback());
+  ASSERT_TRUE(WriteNow(kPageSize, Filled(kPageSize, 0x42)).ok());
+  std::optional<PendingFetch> f = source_->Take();
+  ASSERT_TRUE(f.has_value());
+  FakeSource::Fail(*std::move(f), absl::DeadlineExceededError("timed out"));
+  ASSERT_TRUE(r.called());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(region_->IsLocal(kPageSize, kPageSize));
+  EXPECT_FALSE(region_->IsLocal(0, 1));
+  EXPECT_FALSE(region_->IsLocal(2 * kPageSize, 1));
+  EXPECT_EQ(ReadPage(1), Filled(kPageSize, 0x42));
+}
+
+TEST_F(RegionTest, FailedPartialWriteReportsTheError) {
+  MakeRegion(2);
+  DoneRecorder r;
+  region_->Write(10, Filled(10, 1), r.Callback());
+  std::optional<PendingFetch> f = source_->Take();
+  ASSERT_TRUE(f.has_value());
+  FakeSource::Fail(*std::move(f), absl::UnavailableError("gone"));
+  ASSERT_TRUE(r.called());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(region_->Stats().pages_dirty, 0u);
+  EXPECT_EQ(ReadPage(0), Filled(kPageSize, 0));
+}
+
+TEST_F(RegionTest, PullNextClaimsRunsOfAbsentPages) {
+  MakeRegion(12);
+  ASSERT_TRUE(WriteNow(2 * kPageSize, Filled(kPageSize, 2)).ok());  // local
+  DoneRecorder demand;
+  region_->EnsureLocal(5 * kPageSize, kPageSize, Priority::kDemand, demand.Callback());
+  ASSERT_EQ(source_->fetches(), 1u);
+
+  uint64_t cursor = 0;
+  std::vector<std::unique_ptr<DoneRecorder>> pulls;
+  auto pull = [&](uint32_t max_pages) {
+    pulls.push_back(std::make_unique<DoneRecorder>());
+    return region_->PullNext(&cursor, max_pages, pulls.back()->Callback());
+  };
+  ASSERT_TRUE(pull(8));  // 0-1: stops at the written page
+  EXPECT_EQ(cursor, 2u);
+  ASSERT_TRUE(pull(8));  // 3-4: stops at the in-flight page
+  EXPECT_EQ(cursor, 5u);
+  ASSERT_TRUE(pull(4));  // 6-9: capped at max_pages
+  EXPECT_EQ(cursor, 10u);
+  ASSERT_TRUE(pull(8));  // 10-11
+  EXPECT_EQ(cursor, 12u);
+  EXPECT_FALSE(pull(8));  // nothing absent, though fetches are in flight
+  pulls.pop_back();
+
+  const std::vector<PendingFetch> h = source_->history();
+  ASSERT_EQ(h.size(), 5u);
+  const std::pair<uint64_t, uint32_t> runs[] = {{0, 2}, {3, 2}, {6, 4}, {10, 2}};
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(h[i + 1].first_page, runs[i].first) << i;
+    EXPECT_EQ(h[i + 1].count, runs[i].second) << i;
+    EXPECT_EQ(h[i + 1].priority, Priority::kBulk) << i;
+  }
+  for (const auto& p : pulls) EXPECT_FALSE(p->called());
+  source_->CompleteAll();
+  for (const auto& p : pulls) {
+    ASSERT_TRUE(p->called());
+    EXPECT_TRUE(p->status().ok()) << p->status();
+  }
+  EXPECT_TRUE(region_->complete());
+  std::vector<uint8_t> expected = source_->image();
+  std::fill_n(expected.begin() + 2 * kPageSize, kPageSize, 2);
+  EXPECT_EQ(Read(0, 12 * kPageSize), expected);
+  EXPECT_EQ(region_->Stats().demand_fetches, 1u);
+  EXPECT_FALSE(pull(8));
+}
+
+TEST_F(RegionTest, PullNextWrapsAroundOnce) {
+  MakeRegion(8);
+  ASSERT_TRUE(Sync([&](Region::Done d) {
+                region_->Punch(4 * kPageSize, 4 * kPageSize, std::move(d));
+              }).ok());
+  uint64_t cursor = 6;
+  DoneRecorder r;
+  ASSERT_TRUE(region_->PullNext(&cursor, 16, r.Callback()));
+  EXPECT_EQ(cursor, 4u);
+  const std::vector<PendingFetch> h = source_->history();
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_EQ(h[0].first_page, 0u);
+  EXPECT_EQ(h[0].count, 4u);
+  source_->CompleteAll();
+  EXPECT_TRUE(r.called());
+  cursor = 100;  // past the end: starts over
+  DoneRecorder unused;
+  EXPECT_FALSE(region_->PullNext(&cursor, 16, unused.Callback()));
+  EXPECT_FALSE(unused.called());
+}
+
+TEST_F(RegionTest, FailedPullLeavesPagesToPullAgain) {
+  MakeRegion(4);
+  uint64_t cursor = 0;
+  DoneRecorder r;
+  ASSERT_TRUE(region_->PullNext(&cursor, 4, r.Callback()));
+  std::optional<PendingFetch> f = source_->Take();
+  ASSERT_TRUE(f.has_value());
+  FakeSource::Fail(*std::move(f), absl::UnavailableError("gone"));
+  ASSERT_TRUE(r.called());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(region_->Stats().pages_present, 0u);
+  cursor = 0;
+  DoneRecorder again;
+  ASSERT_TRUE(region_->PullNext(&cursor, 4, again.Callback()));
+  source_->CompleteAll();
+  ASSERT_TRUE(again.called());
+  EXPECT_TRUE(again.status().ok());
+  EXPECT_TRUE(region_->complete());
+}
+
+class DemandDuringPullTest : public RegionTest, public testing::WithParamInterface<bool> {};
+
+TEST_P(DemandDuringPullTest, DemandReRequestsAndFirstLandingWins) {
+  const bool demand_lands_first = GetParam();
+  MakeRegion(4);
+  uint64_t cursor = 0;
+  DoneRecorder pulled;
+  ASSERT_TRUE(region_->PullNext(&cursor, 4, pulled.Callback()));
+  ASSERT_EQ(source_->fetches(), 1u);
+
+  // A bulk-priority read of a page being pulled just waits for the pull.
+  DoneRecorder bulk_reader;
+  region_->EnsureLocal(0, kPageSize, Priority::kBulk, bulk_reader.Callback());
+  EXPECT_EQ(source_->fetches(), 1u);
+
+  // A demand read of one asks again, at demand priority.
+  DoneRecorder reader;
+  region_->EnsureLocal(kPageSize, kPageSize, Priority::kDemand, reader.Callback());
+  std::vector<PendingFetch> h = source_->history();
+  ASSERT_EQ(h.size(), 2u);
+  EXPECT_EQ(h[1].first_page, 1u);
+  EXPECT_EQ(h[1].count, 1u);
+  EXPECT_EQ(h[1].priority, Priority::kDemand);
+
+  // The two copies carry different bytes, to tell which one landed.
+  const std::vector<uint8_t> demand_bytes = Filled(kPageSize, 0xDD);
+  const std::vector<uint8_t> bulk_bytes = Filled(4 * kPageSize, 0xBB);
+  const std::vector<uint8_t> data1(1, static_cast<uint8_t>(PageFlag::kData));
+  const std::vector<uint8_t> data4(4, static_cast<uint8_t>(PageFlag::kData));
+  std::optional<PendingFetch> bulk = source_->Take(0);
+  std::optional<PendingFetch> demand = source_->Take(0);
+  ASSERT_TRUE(bulk.has_value() && demand.has_value());
+  if (demand_lands_first) {
+    FakeSource::DeliverBytes(*std::move(demand), data1, demand_bytes);
+    EXPECT_TRUE(reader.called());
+    EXPECT_FALSE(pulled.called());
+    FakeSource::DeliverBytes(*std::move(bulk), data4, bulk_bytes);
+  } else {
+    FakeSource::DeliverBytes(*std::move(bulk), data4, bulk_bytes);
+    EXPECT_TRUE(reader.called());  // the pull brought the page
+    FakeSource::DeliverBytes(*std::move(demand), data1, demand_bytes);
+  }
+  ASSERT_TRUE(pulled.called());
+  ASSERT_TRUE(bulk_reader.called());
+  EXPECT_TRUE(reader.status().ok());
+  EXPECT_EQ(ReadPage(1), demand_lands_first ? demand_bytes : Filled(kPageSize, 0xBB));
+  for (uint64_t p : {0, 2, 3}) EXPECT_EQ(ReadPage(p), Filled(kPageSize, 0xBB)) << p;
+  EXPECT_TRUE(region_->complete());
+  EXPECT_EQ(region_->Stats().demand_fetches, 1u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Order, DemandDuringPullTest, testing::Bool(),
+                         [](const testing::TestParamInfo<bool>& info) {
+                           return info.param ? "DemandFirst" : "BulkFirst";
+                         });
+
+class SourcelessRegionTest : public RegionTest {
+ protected:
+  void MakeSourceless(uint64_t size, uint64_t max_size) {
+    Region::Options options;
+    options.name = "file";
+    options.size = size;
+    options.max_size = max_size;
+    region_ = Create(std::move(options));
+  }
+};
+
+TEST_F(SourcelessRegionTest, StartsAllZero) {
+  MakeSourceless(4 * kPageSize + 100, 64 * kPageSize);
+  ASSERT_NE(region_, nullptr);
+  EXPECT_FALSE(region_->has_source());
+  EXPECT_TRUE(region_->complete());
+  EXPECT_TRUE(region_->IsLocal(0, region_->size()));
+  RegionStats s = region_->Stats();
+  EXPECT_EQ(s.pages_total, 5u);
+  EXPECT_EQ(s.pages_zero, 5u);
+  EXPECT_TRUE(s.complete);
+  EXPECT_TRUE(Sync([&](Region::Done d) {
+                region_->EnsureLocal(0, 5 * kPageSize, Priority::kDemand, std::move(d));
+              }).ok());
+  EXPECT_EQ(Read(0, 5 * kPageSize), Filled(5 * kPageSize, 0));
+  uint64_t cursor = 0;
+  DoneRecorder unused;
+  EXPECT_FALSE(region_->PullNext(&cursor, 8, unused.Callback()));
+}
+
+TEST_F(SourcelessRegionTest, PartialWritesNeedNoFetch) {
+  MakeSourceless(4 * kPageSize, 64 * kPageSize);
+  ASSERT_TRUE(WriteNow(kPageSize + 10, Filled(20, 3)).ok());
+  std::vector<uint8_t> expected(kPageSize, 0);
+  std::fill_n(expected.begin() + 10, 20, 3);
+  EXPECT_EQ(ReadPage(1), expected);
+  EXPECT_EQ(region_->Stats().pages_dirty, 1u);
+  ASSERT_TRUE(Sync([&](Region::Done d) {
+                region_->Punch(kPageSize + 15, 5, std::move(d));
+              }).ok());
+  std::fill_n(expected.begin() + 15, 5, 0);
+  EXPECT_EQ(ReadPage(1), expected);
+}
+
+TEST_F(SourcelessRegionTest, ResizeGrowsAndShrinks) {
+  MakeSourceless(2 * kPageSize, 16 * kPageSize);
+  ASSERT_TRUE(region_->Resize(10 * kPageSize).ok());
+  EXPECT_EQ(region_->size(), 10 * kPageSize);
+  EXPECT_EQ(region_->Stats().pages_total, 10u);
+  EXPECT_EQ(region_->Stats().pages_zero, 10u);
+  EXPECT_TRUE(region_->complete());
+  EXPECT_GE(region_->store().Size(), 10 * kPageSize);
+  EXPECT_EQ(Read(0, 10 * kPageSize), Filled(10 * kPageSize, 0));
+
+  ASSERT_TRUE(region_->Resize(3 * kPageSize + 1).ok());
+  EXPECT_EQ(region_->size(), 3 * kPageSize + 1);
+  EXPECT_EQ(region_->Stats().pages_total, 4u);
+  EXPECT_TRUE(region_->complete());
+
+  EXPECT_EQ(region_->Resize(16 * kPageSize + 1).code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(region_->size(), 3 * kPageSize + 1);
+  ASSERT_TRUE(region_->Resize(16 * kPageSize).ok());
+  ASSERT_TRUE(region_->Resize(0).ok());
+  EXPECT_EQ(region_->size(), 0u);
+  EXPECT_EQ(region_->Stats().pages_total, 0u);
+  EXPECT_TRUE(region_->complete());
+}
+
+TEST_F(SourcelessRegionTest, WritePastTheEndGrows) {
+  MakeSourceless(0, 16 * kPageSize);
+  const std::vector<uint8_t> data = Filled(3000, 0x61);
+  ASSERT_TRUE(WriteNow(2 * kPageSize + 500, data).ok());
+  EXPECT_EQ(region_->size(), 2 * kPageSize + 3500);
+  EXPECT_EQ(region_->Stats().pages_total, 3u);
+  EXPECT_EQ(region_->Stats().pages_dirty, 1u);
+  std::vector<uint8_t> expected(3 * kPageSize, 0);
+  std::fill_n(expected.begin() + 2 * kPageSize + 500, 3000, 0x61);
+  EXPECT_EQ(Read(0, 3 * kPageSize), expected);
+
+  // Within the last page, past the size.
+  ASSERT_TRUE(WriteNow(2 * kPageSize + 4000, Filled(50, 0x62)).ok());
+  EXPECT_EQ(region_->size(), 2 * kPageSize + 4050);
+  // Past the maximum fails and changes nothing.
+  absl::Status s = WriteNow(16 * kPageSize - 10, Filled(20, 1));
+  EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange) << s;
+  EXPECT_EQ(region_->size(), 2 * kPageSize + 4050);
+}
+
+TEST_F(SourcelessRegionTest, ShrinkThenGrowReadsZero) {
+  MakeSourceless(4 * kPageSize, 16 * kPageSize);
+  std::vector<uint8_t> data(4 * kPageSize);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i % 253 + 1);
+  ASSERT_TRUE(WriteNow(0, data).ok());
+  const uint64_t cut = kPageSize + 10;
+  ASSERT_TRUE(region_->Resize(cut).ok());
+  ASSERT_TRUE(region_->Resize(6 * kPageSize).ok());
+  std::vector<uint8_t> expected(6 * kPageSize, 0);
+  std::copy_n(data.begin(), cut, expected.begin());
+  EXPECT_EQ(Read(0, 6 * kPageSize), expected);
+  RegionStats s = region_->Stats();
+  EXPECT_EQ(s.pages_dirty, 2u);  // pages 0 and 1 survived the cut
+  EXPECT_EQ(s.pages_zero, 4u);
+
+  // Growing by a write past the end also brings zeros, not old bytes.
+  ASSERT_TRUE(region_->Resize(10).ok());
+  ASSERT_TRUE(WriteNow(3 * kPageSize, Filled(10, 0x33)).ok());
+  std::vector<uint8_t> grown = Read(0, 3 * kPageSize + 10);
+  EXPECT_TRUE(std::equal(data.begin(), data.begin() + 10, grown.begin()));
+  EXPECT_TRUE(std::all_of(grown.begin() + 10, grown.begin() + 3 * kPageSize,
+                          [](uint8_t b) { return b == 0; }));
+}
+
+// Readers and writers on random pages race the landing of their fetches and
+// of a background pull; in the end every page holds the source's bytes
+// unless it was written, in which case it holds the last write.
+TEST_F(RegionTest, ConcurrentStress) {
+  constexpr uint64_t kPages = 192;
+  constexpr int kWorkers = 3;
+  constexpr int kOpsPerWorker = 250;
+  MakeRegion(kPages, {7, 8, 50, 51, 52, 100}, {{50, 3}});
+  ASSERT_NE(region_, nullptr);
+
+  std::atomic<bool> workers_done{false};
+  std::atomic<bool> failed{false};
+  std::thread completer([&] {
+    std::mt19937 rng(1);
+    // Answers in random order, to reorder landings against each other.
+    while (true) {
+      const size_t n = source_->AwaitPending(absl::Milliseconds(1));
+      if (n == 0) {
+        if (workers_done.load()) break;
+        continue;
+      }
+      std::optional<PendingFetch> f = source_->Take(rng() % n);
+      if (f.has_value()) source_->Deliver(*std::move(f));
+    }
+  });
+
+  std::atomic<int> pulls_in_flight{0};
+  std::thread puller([&] {
+    uint64_t cursor = 0;
+    while (!workers_done.load()) {
+      if (pulls_in_flight.load() >= 2) {
+        absl::SleepFor(absl::Microseconds(100));
+        continue;
+      }
+      pulls_in_flight.fetch_add(1);
+      const bool started = region_->PullNext(&cursor, 3, [&](absl::Status s) {
+        if (!s.ok()) failed = true;
+        pulls_in_flight.fetch_sub(1);
+      });
+      if (!started) {
+        pulls_in_flight.fetch_sub(1);
+        break;
+      }
+    }
+  });
+
+  // Worker w alone writes pages p with p % kWorkers == w, so it knows what
+  // they must hold; it reads any page.
+  std::vector<std::vector<uint8_t>> expected(kWorkers, source_->image());
+  std::vector<std::thread> workers;
+  for (int w = 0; w < kWorkers; ++w) {
+    workers.emplace_back([&, w] {
+      std::mt19937 rng(100 + w);
+      std::vector<uint8_t>& mine = expected[w];
+      for (int op = 0; op < kOpsPerWorker && !failed.load(); ++op) {
+        uint64_t page = rng() % kPages;
+        absl::Notification done;
+        absl::Status status;
+        auto callback = [&](absl::Status s) {
+          status = std::move(s);
+          done.Notify();
+        };
+        const int kind = static_cast<int>(rng() % 4);
+        if (kind == 0) {
+          region_->EnsureLocal(page * kPageSize, (1 + rng() % 3) * kPageSize,
+                               rng() % 2 ? Priority::kDemand : Priority::kBulk, callback,
+                               (rng() % 2) * 4 * kPageSize);
+        } else {
+          page -= page % kWorkers;
+          page += static_cast<uint64_t>(w);
+          if (page >= kPages) page -= kWorkers;
+          uint64_t offset = page * kPageSize, length = kPageSize;
+          if (kind == 1) {  // part of the page
+            offset += rng() % kPageSize;
+            length = 1 + rng() % (page * kPageSize + kPageSize - offset);
+          }
+          std::vector<uint8_t> data(length);
+          for (uint8_t& b : data) b = static_cast<uint8_t>(rng());
+          std::copy(data.begin(), data.end(), mine.begin() + static_cast<ptrdiff_t>(offset));
+          region_->Write(offset, data, callback);
+        }
+        if (!done.WaitForNotificationWithTimeout(absl::Seconds(20))) {
+          ADD_FAILURE() << "worker " << w << " op " << op << " never completed";
+          failed = true;
+          return;
+        }
+        if (!status.ok()) {
+          ADD_FAILURE() << status;
+          failed = true;
+          return;
+        }
+        if (kind != 0) {
+          // A page this worker owns must read back as it wrote it, even if
+          // a fetch of it lands later.
+          std::vector<uint8_t> got(kPageSize);
+          ASSERT_TRUE(region_->store().Read(page * kPageSize, got).ok());
+          if (!std::equal(got.begin(), got.end(),
+                          mine.begin() + static_cast<ptrdiff_t>(page * kPageSize))) {
+            ADD_FAILURE() << "worker " << w << " page " << page << " lost its write";
+            failed = true;
+            return;
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& t : workers) t.join();
+
+  // Make the rest local, with the completer still answering.
+  DoneRecorder all;
+  region_->EnsureLocal(0, kPages * kPageSize, Priority::kDemand, all.Callback());
+  EXPECT_TRUE(all.WaitFor(absl::Seconds(20)));
+  while (pulls_in_flight.load() > 0) std::this_thread::yield();
+  workers_done = true;
+  puller.join();
+  completer.join();
+  while (pulls_in_flight.load() > 0) source_->CompleteAll();
+  ASSERT_FALSE(failed.load());
+  EXPECT_TRUE(all.status().ok()) << all.status();
+  EXPECT_TRUE(region_->complete());
+  EXPECT_EQ(source_->pending(), 0u);
+
+  std::vector<uint8_t> final_bytes = Read(0, kPages * kPageSize);
+  for (uint64_t p = 0; p < kPages; ++p) {
+    const std::vector<uint8_t>& want = expected[p % kWorkers];
+    ASSERT_TRUE(std::equal(final_bytes.begin() + static_cast<ptrdiff_t>(p * kPageSize),
+                           final_bytes.begin() + static_cast<ptrdiff_t>((p + 1) * kPageSize),
+                           want.begin() + static_cast<ptrdiff_t>(p * kPageSize)))
+        << "page " << p;
+  }
+  RegionStats s = region_->Stats();
+  EXPECT_EQ(s.pages_present + s.pages_zero, kPages);
+  EXPECT_TRUE(s.complete);
+}
+
+}  // namespace
+}  // namespace lazyram

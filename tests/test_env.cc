@@ -1,0 +1,361 @@
+#include "tests/test_env.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "client/control_client.h"
+
+namespace lazyram::testing {
+namespace {
+
+std::string EnvOrDie(const char* name) {
+  const char* value = std::getenv(name);
+  if (value == nullptr || *value == '\0') {
+    std::fprintf(stderr, "%s is not set: run the tests through meson\n", name);
+    std::abort();
+  }
+  return value;
+}
+
+// Waits up to `timeout` for `pid`; true if it was reaped (exit code in
+// *code, -1 for a signal).
+bool WaitFor(pid_t pid, absl::Duration timeout, int* code) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    int status = 0;
+    pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) {
+      *code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      return true;
+    }
+    if (r < 0 && errno != EINTR) {
+      *code = -1;
+      return true;
+    }
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+}
+
+void KillAndReap(pid_t pid) {
+  int code;
+  kill(pid, SIGKILL);
+  WaitFor(pid, absl::Seconds(10), &code);
+}
+
+// fork + exec with stdin from /dev/null; out_fd/err_fd (if >= 0) become
+// the child's stdout/stderr.
+pid_t Spawn(const std::vector<std::string>& argv, int out_fd, int err_fd) {
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    int null_fd = open("/dev/null", O_RDONLY);
+    dup2(null_fd, STDIN_FILENO);
+    if (out_fd >= 0) dup2(out_fd, STDOUT_FILENO);
+    if (err_fd >= 0) dup2(err_fd, STDERR_FILENO);
+    execv(args[0], args.data());
+    std::fprintf(stderr, "exec %s: %s\n", args[0], std::strerror(errno));
+    _exit(127);
+  }
+  return pid;
+}
+
+std::string Unescape(const std::string& field) {
+  std::string out;
+  for (size_t i = 0; i < field.size(); ++i) {
+    if (field[i] == '\\' && i + 3 < field.size()) {
+      out += static_cast<char>(std::stoi(field.substr(i + 1, 3), nullptr, 8));
+      i += 3;
+    } else {
+      out += field[i];
+    }
+  }
+  return out;
+}
+
+// The "major:minor" of the mount at `path`, or empty.
+std::string MountDevice(const std::string& path) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line, device;
+  while (std::getline(in, line)) {
+    std::vector<std::string> f = absl::StrSplit(line, ' ');
+    if (f.size() > 4 && Unescape(f[4]) == path) device = f[2];
+  }
+  return device;
+}
+
+std::atomic<int> next_id{0};
+
+}  // namespace
+
+std::string LazyramdPath() { return EnvOrDie("LAZYRAMD"); }
+std::string LazyramctlPath() { return EnvOrDie("LAZYRAMCTL"); }
+
+TempDir::TempDir() {
+  char tmpl[] = "/tmp/lazyram-test-XXXXXX";
+  if (mkdtemp(tmpl) == nullptr) std::abort();
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ignored;
+  std::filesystem::remove_all(path_, ignored);
+}
+
+std::vector<uint8_t> WriteImage(const std::string& path, uint64_t size, uint32_t seed,
+                                int zero_every, uint64_t hole_bytes) {
+  std::vector<uint8_t> data(size);
+  std::mt19937_64 rng(seed);
+  for (uint64_t i = 0; i + 8 <= size; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(&data[i], &v, 8);
+  }
+  for (uint64_t i = size / 8 * 8; i < size; ++i) data[i] = static_cast<uint8_t>(rng());
+  const uint64_t mib = 1 << 20;
+  if (zero_every > 0) {
+    for (uint64_t m = 0; m * mib < size; m += static_cast<uint64_t>(zero_every)) {
+      std::memset(&data[m * mib], 0, std::min(mib, size - m * mib));
+    }
+  }
+  const uint64_t data_end = size - std::min(hole_bytes, size);
+  std::memset(data.data() + data_end, 0, size - data_end);
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0 || pwrite(fd, data.data(), data_end, 0) != static_cast<ssize_t>(data_end) ||
+      ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    std::abort();
+  }
+  close(fd);
+  return data;
+}
+
+RunResult Run(const std::vector<std::string>& argv, absl::Duration timeout) {
+  int out[2], err[2];
+  if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) std::abort();
+  pid_t pid = Spawn(argv, out[1], err[1]);
+  close(out[1]);
+  close(err[1]);
+  RunResult result;
+  const absl::Time deadline = absl::Now() + timeout;
+  bool out_open = true, err_open = true, timed_out = false;
+  while (out_open || err_open) {
+    pollfd fds[2] = {{out_open ? out[0] : -1, POLLIN, 0}, {err_open ? err[0] : -1, POLLIN, 0}};
+    const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
+    if (left <= 0) {
+      timed_out = true;
+      break;
+    }
+    if (poll(fds, 2, static_cast<int>(left)) < 0 && errno != EINTR) break;
+    char buf[4096];
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+      ssize_t n = read(fds[i].fd, buf, sizeof buf);
+      if (n <= 0) {
+        (i == 0 ? out_open : err_open) = false;
+      } else {
+        (i == 0 ? result.out : result.err).append(buf, static_cast<size_t>(n));
+      }
+    }
+  }
+  close(out[0]);
+  close(err[0]);
+  if (timed_out || !WaitFor(pid, deadline - absl::Now(), &result.exit_code)) {
+    KillAndReap(pid);
+    result.exit_code = -1;
+    result.err += "\n[timed out]";
+  }
+  return result;
+}
+
+absl::StatusOr<std::unique_ptr<PageServerProcess>> PageServerProcess::Start(
+    const std::vector<std::string>& regions, uint16_t port) {
+  std::vector<std::string> argv = {LazyramdPath(), "serve", "--listen",
+                                   absl::StrCat("127.0.0.1:", port)};
+  for (const std::string& r : regions) {
+    argv.push_back("--region");
+    argv.push_back(r);
+  }
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) return absl::InternalError("pipe");
+  auto server = std::unique_ptr<PageServerProcess>(new PageServerProcess);
+  server->pid_ = Spawn(argv, out[1], -1);
+  close(out[1]);
+  std::string line;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (line.find('\n') == std::string::npos) {
+    pollfd pfd{out[0], POLLIN, 0};
+    const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
+    if (left <= 0 || poll(&pfd, 1, static_cast<int>(left)) <= 0) break;
+    char buf[256];
+    ssize_t n = read(out[0], buf, sizeof buf);
+    if (n <= 0) break;
+    line.append(buf, static_cast<size_t>(n));
+  }
+  close(out[0]);  // the server prints nothing else on stdout
+  const std::string prefix = "listening on 127.0.0.1:";
+  uint32_t parsed = 0;
+  if (line.rfind(prefix, 0) != 0 ||
+      !absl::SimpleAtoi(line.substr(prefix.size(), line.find('\n') - prefix.size()), &parsed)) {
+    return absl::InternalError(absl::StrCat("page server did not start; said: '", line, "'"));
+  }
+  server->port_ = static_cast<uint16_t>(parsed);
+  return server;
+}
+
+PageServerProcess::~PageServerProcess() { Stop(); }
+
+void PageServerProcess::Kill() {
+  if (pid_ < 0) return;
+  KillAndReap(pid_);
+  pid_ = -1;
+}
+
+void PageServerProcess::Stop() {
+  if (pid_ < 0) return;
+  kill(pid_, SIGTERM);
+  int code;
+  if (!WaitFor(pid_, absl::Seconds(5), &code)) KillAndReap(pid_);
+  pid_ = -1;
+}
+
+bool IsMounted(const std::string& path) { return !MountDevice(path).empty(); }
+
+absl::StatusOr<std::unique_ptr<MountProcess>> MountProcess::Start(const TempDir& dir,
+                                                                  const Options& options) {
+  auto m = std::unique_ptr<MountProcess>(new MountProcess);
+  const int id = next_id++;
+  m->mountpoint_ = dir.Sub(absl::StrCat("mnt", id));
+  m->control_ = dir.Sub(absl::StrCat("ctl", id, ".sock"));
+  m->log_path_ = dir.Sub(absl::StrCat("mount", id, ".log"));
+  std::filesystem::create_directories(m->mountpoint_);
+  std::vector<std::string> argv = {LazyramdPath(), "mount",     m->mountpoint_, "--foreground",
+                                   "--control",    m->control_, "--store",      options.store,
+                                   "--prefetch",   options.prefetch ? "on" : "off"};
+  if (options.source.has_value()) {
+    argv.push_back("--source");
+    argv.push_back(*options.source);
+  }
+  argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
+  int log_fd = open(m->log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  m->pid_ = Spawn(argv, log_fd, log_fd);
+  close(log_fd);
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline) {
+    int code;
+    if (WaitFor(m->pid_, absl::ZeroDuration(), &code)) {
+      m->pid_ = -1;
+      return absl::InternalError(
+          absl::StrCat("lazyramd mount exited with ", code, ": ", m->log()));
+    }
+    if (IsMounted(m->mountpoint_) && m->Status().ok()) {
+      m->mounted_ = true;
+      return m;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return absl::DeadlineExceededError(absl::StrCat("mount did not become ready: ", m->log()));
+}
+
+MountProcess::~MountProcess() {
+  if (pid_ < 0 && !IsMounted(mountpoint_)) return;
+  if (pid_ >= 0) {
+    RunResult r = Ctl({"unmount"}, absl::Seconds(10));
+    int code;
+    if (r.exit_code == 0 && WaitFor(pid_, absl::Seconds(10), &code)) {
+      pid_ = -1;
+      return;
+    }
+  }
+  ForceCleanup();
+}
+
+void MountProcess::ForceCleanup() {
+  const std::string device = MountDevice(mountpoint_);
+  if (!device.empty()) {
+    umount2(mountpoint_.c_str(), MNT_DETACH);
+    // A hung daemon leaves readers in D state; aborting the connection
+    // fails their requests so everything can exit.
+    const std::string minor = device.substr(device.find(':') + 1);
+    std::ofstream(absl::StrCat("/sys/fs/fuse/connections/", minor, "/abort")) << "1";
+  }
+  if (pid_ >= 0) {
+    KillAndReap(pid_);
+    pid_ = -1;
+  }
+}
+
+std::string MountProcess::log() const {
+  std::ifstream in(log_path_);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::StatusOr<nlohmann::json> MountProcess::Status() const {
+  absl::StatusOr<nlohmann::json> reply =
+      client::ControlClient::Call(control_, {{"cmd", "status"}}, absl::Seconds(10));
+  if (!reply.ok()) return reply.status();
+  reply->erase("ok");
+  return reply;
+}
+
+absl::StatusOr<nlohmann::json> MountProcess::RegionStatus(const std::string& name) const {
+  absl::StatusOr<nlohmann::json> status = Status();
+  if (!status.ok()) return status.status();
+  for (const nlohmann::json& r : (*status)["regions"]) {
+    if (r["name"] == name) return r;
+  }
+  return absl::NotFoundError(absl::StrCat("no region ", name, " in status"));
+}
+
+RunResult MountProcess::Ctl(const std::vector<std::string>& args, absl::Duration timeout) const {
+  std::vector<std::string> argv = {LazyramctlPath(), "--control", control_};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return Run(argv, timeout);
+}
+
+int MountProcess::Unmount() {
+  if (pid_ < 0) return -1;
+  RunResult r = Ctl({"unmount"}, absl::Seconds(30));
+  int code = -1;
+  if (r.exit_code != 0 || !WaitFor(pid_, absl::Seconds(30), &code)) {
+    ForceCleanup();
+    return -1;
+  }
+  pid_ = -1;
+  return code;
+}
+
+int RunInChild(const std::function<int()>& body, absl::Duration timeout) {
+  std::fflush(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) _exit(body());
+  int code = -1;
+  if (!WaitFor(pid, timeout, &code)) {
+    KillAndReap(pid);
+    return -1;
+  }
+  return code;
+}
+
+}  // namespace lazyram::testing

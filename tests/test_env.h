@@ -1,0 +1,132 @@
+// Test environment for integration tests that run the real binaries: a
+// temporary directory, page servers and mounts started as child processes,
+// and cleanup that always unmounts and kills what the test started — by
+// pid — even when an assertion failed or the daemon hung.
+//
+// Binaries come from the environment (meson sets them): LAZYRAMD and
+// LAZYRAMCTL.
+#ifndef LAZYRAM_TESTS_TEST_ENV_H_
+#define LAZYRAM_TESTS_TEST_ENV_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace lazyram::testing {
+
+// Paths of the binaries under test; aborts the test run if unset.
+std::string LazyramdPath();
+std::string LazyramctlPath();
+
+// A fresh directory under /tmp, removed (recursively) on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// Writes an image of `size` bytes from `seed`: random data, with every
+// `zero_every`-th MiB all zero (written as zeros), and `hole_bytes` at the
+// end left as a hole. Returns the content for comparison.
+std::vector<uint8_t> WriteImage(const std::string& path, uint64_t size, uint32_t seed,
+                                int zero_every = 4, uint64_t hole_bytes = 0);
+
+// The output of a finished child process.
+struct RunResult {
+  int exit_code = -1;  // -1 if killed by a signal or timed out
+  std::string out, err;
+};
+// Runs argv[0] with args, no stdin, capturing output; kills it after
+// `timeout` (exit_code -1, err says "timed out").
+RunResult Run(const std::vector<std::string>& argv, absl::Duration timeout = absl::Seconds(30));
+
+// A `lazyramd serve` child. Stop (or the destructor) sends SIGTERM, then
+// SIGKILL after 5 s, and reaps it.
+class PageServerProcess {
+ public:
+  // regions: NAME=PATH. port 0 picks a free one.
+  static absl::StatusOr<std::unique_ptr<PageServerProcess>> Start(
+      const std::vector<std::string>& regions, uint16_t port = 0);
+  ~PageServerProcess();
+  uint16_t port() const { return port_; }
+  std::string url() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
+  pid_t pid() const { return pid_; }
+  // SIGKILL and reap: an abrupt loss of the source.
+  void Kill();
+  void Stop();
+
+ private:
+  pid_t pid_ = -1;
+  uint16_t port_ = 0;
+};
+
+// A mounted lazyramd. Started with --foreground as a child of the test (so
+// its pid is known); ready once the mount shows in /proc/self/mountinfo and
+// the control socket answers. Teardown: `lazyramctl unmount`; if that fails
+// or hangs, umount -l, abort the FUSE connection through
+// /sys/fs/fuse/connections, then SIGKILL — always reaping the child.
+class MountProcess {
+ public:
+  struct Options {
+    std::optional<std::string> source;  // tcp://...
+    std::string store = "mem";
+    bool prefetch = false;
+    std::vector<std::string> extra_args;
+  };
+  static absl::StatusOr<std::unique_ptr<MountProcess>> Start(const TempDir& dir,
+                                                             const Options& options);
+  ~MountProcess();
+
+  const std::string& mountpoint() const { return mountpoint_; }
+  const std::string& control() const { return control_; }
+  std::string File(const std::string& region) const { return mountpoint_ + "/" + region; }
+  pid_t pid() const { return pid_; }
+  std::string log() const;  // the daemon's stderr so far
+
+  // The control socket's status JSON (without "ok").
+  absl::StatusOr<nlohmann::json> Status() const;
+  // One region's entry of Status(); fails if absent.
+  absl::StatusOr<nlohmann::json> RegionStatus(const std::string& name) const;
+  // `lazyramctl ARGS...` with --control set.
+  RunResult Ctl(const std::vector<std::string>& args,
+                absl::Duration timeout = absl::Seconds(60)) const;
+  // Unmount through the control socket and wait for the daemon to exit;
+  // returns its exit code (-1 if it had to be killed).
+  int Unmount();
+
+ private:
+  void ForceCleanup();
+  pid_t pid_ = -1;
+  std::string mountpoint_, control_, log_path_;
+  bool mounted_ = false;
+};
+
+// True when `path` is a mount point according to /proc/self/mountinfo
+// (never touches the mount itself).
+bool IsMounted(const std::string& path);
+
+// Runs `body` in a forked child process and returns its exit code (-1 if
+// it died of a signal or exceeded `timeout`, in which case it is killed).
+// The child must only use async-signal-safe-ish plain code: no gtest
+// assertions; return 0 for success, anything else is a failure code.
+int RunInChild(const std::function<int()>& body, absl::Duration timeout = absl::Seconds(60));
+
+}  // namespace lazyram::testing
+
+#endif  // LAZYRAM_TESTS_TEST_ENV_H_
