@@ -16,9 +16,10 @@
 namespace lazyram {
 namespace {
 
-// Prefetch waits for this much at a time, so a whole-region prefetch of a
-// huge region does not park a waiter on every one of its pages at once.
-constexpr uint64_t kPrefetchWindow = 64ull << 20;
+// Prefetch asks for this much at a time: a whole-region prefetch neither
+// parks a waiter on every page of a huge region nor queues more than this
+// ahead of a consumer's fault on the demand connection.
+constexpr uint64_t kPrefetchWindow = 16ull << 20;
 
 }  // namespace
 
@@ -156,7 +157,7 @@ absl::Status Engine::Prefetch(absl::string_view name, std::optional<uint64_t> of
     const uint64_t n = std::min(kPrefetchWindow, begin + len - at);
     absl::Notification done;
     absl::Status status;
-    r->EnsureLocal(at, n, protocol::Priority::kDemand, [&](absl::Status s) {
+    r->Prefetch(at, n, [&](absl::Status s) {
       status = std::move(s);
       done.Notify();
     });

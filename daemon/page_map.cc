@@ -87,6 +87,8 @@ absl::Status PageMap::Resize(uint64_t pages) {
 
 uint64_t PageMap::FindNext(uint64_t from, PageState state) const {
   const uint64_t n = size();
+  // Also keeps `p + 8` below from wrapping for a `from` near UINT64_MAX.
+  if (from >= n) return n;
   const uint8_t want = Encode(state);
   const auto* raw = reinterpret_cast<const uint8_t*>(states_);
   // Scan eight pages at a time where a word of eight non-matching bytes can

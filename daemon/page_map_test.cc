@@ -214,6 +214,14 @@ TEST(PageMapTest, FindNextWithoutMatchReturnsSize) {
   }
 }
 
+TEST(PageMapTest, FindNextFromPastTheEndReturnsSize) {
+  PageMap map = MakeMap(100, 100, PageState::kAbsent);
+  for (uint64_t from : {uint64_t{100}, uint64_t{101}, uint64_t{1} << 40, UINT64_MAX - 8,
+                        UINT64_MAX - 3, UINT64_MAX}) {
+    EXPECT_EQ(map.FindNext(from, PageState::kAbsent), 100u) << from;
+  }
+}
+
 TEST(PageMapTest, FindNextIgnoresPagesPastTheSize) {
   PageMap map = MakeMap(40, 64, PageState::kAbsent);
   map.Set(37, PageState::kPresent);

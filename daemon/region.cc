@@ -69,6 +69,16 @@ bool Region::complete() const { return map_.LocalCount() == map_.size(); }
 
 void Region::EnsureLocal(uint64_t offset, uint64_t length, Priority priority, Done done,
                          uint64_t readahead) {
+  MakeLocal(offset, length, priority, /*fault=*/priority == Priority::kDemand, std::move(done),
+            readahead);
+}
+
+void Region::Prefetch(uint64_t offset, uint64_t length, Done done) {
+  MakeLocal(offset, length, Priority::kDemand, /*fault=*/false, std::move(done), 0);
+}
+
+void Region::MakeLocal(uint64_t offset, uint64_t length, Priority priority, bool fault, Done done,
+                       uint64_t readahead) {
   if (IsLocal(offset, length) && readahead == 0) {
     done(absl::OkStatus());
     return;
@@ -109,24 +119,23 @@ void Region::EnsureLocal(uint64_t offset, uint64_t length, Priority priority, Do
       }
     }
   }
-  if (!runs.empty() && priority == Priority::kDemand) {
+  if (!runs.empty() && fault) {
     fault_hint_.store(runs.back().first + runs.back().count, std::memory_order_relaxed);
   }
-  for (const Run& run : runs) StartFetch(run, priority);
+  for (const Run& run : runs) StartFetch(run, priority, fault);
   Release({waiter}, absl::OkStatus());
 }
 
-void Region::StartFetch(Run run, Priority priority) {
-  if (priority == Priority::kDemand) demand_fetches_.fetch_add(1, std::memory_order_relaxed);
+void Region::StartFetch(Run run, Priority priority, bool fault) {
+  if (fault) demand_fetches_.fetch_add(1, std::memory_order_relaxed);
   const absl::Time started = absl::Now();
   source_->Fetch(index_, run.first, run.count, priority,
-                 [this, run, priority, started](absl::StatusOr<FetchedPages> pages) {
-                   Land(run, std::move(pages), priority, started);
+                 [this, run, fault, started](absl::StatusOr<FetchedPages> pages) {
+                   Land(run, std::move(pages), fault, started);
                  });
 }
 
-void Region::Land(Run run, absl::StatusOr<FetchedPages> pages, Priority priority,
-                  absl::Time started) {
+void Region::Land(Run run, absl::StatusOr<FetchedPages> pages, bool fault, absl::Time started) {
   std::vector<std::pair<uint64_t, PageState>> changes;
   changes.reserve(run.count);
   absl::Status error = pages.status();
@@ -178,7 +187,7 @@ void Region::Land(Run run, absl::StatusOr<FetchedPages> pages, Priority priority
   }
   std::vector<Waiter*> woken = Publish(changes);
   UnlockStripes(run.first, end);
-  if (priority == Priority::kDemand && error.ok()) {
+  if (fault && error.ok()) {
     demand_latency_.Record(static_cast<uint64_t>(absl::ToInt64Microseconds(absl::Now() - started)));
   }
   Release(std::move(woken), error);
@@ -399,7 +408,7 @@ bool Region::PullNext(uint64_t* cursor, uint32_t max_pages, Done done) {
       index_, run.first, run.count, Priority::kBulk,
       [this, run, started, done = std::move(done)](absl::StatusOr<FetchedPages> pages) mutable {
         absl::Status status = pages.status();
-        Land(run, std::move(pages), Priority::kBulk, started);
+        Land(run, std::move(pages), /*fault=*/false, started);
         done(std::move(status));
       });
   return true;

@@ -85,6 +85,10 @@ class Region {
   void EnsureLocal(uint64_t offset, uint64_t length, protocol::Priority priority, Done done,
                    uint64_t readahead = 0);
 
+  // Like EnsureLocal at demand priority, for `lazyramctl prefetch`: not
+  // counted as consumer faults in the statistics.
+  void Prefetch(uint64_t offset, uint64_t length, Done done);
+
   // Writes `data` at `offset` and marks the pages dirty. A page only partly
   // covered is made local first (so the rest of it holds source bytes);
   // then `data` is copied and `done` runs later. Writes past the end grow
@@ -122,9 +126,12 @@ class Region {
 
   Region(Options options, std::unique_ptr<Store> store, PageMap map);
 
-  void StartFetch(Run run, protocol::Priority priority);
-  void Land(Run run, absl::StatusOr<FetchedPages> pages, protocol::Priority priority,
-            absl::Time started);
+  // `fault`: a consumer waits; counted in demand_fetches and the latency
+  // histogram, and remembered as the puller's hint.
+  void MakeLocal(uint64_t offset, uint64_t length, protocol::Priority priority, bool fault,
+                 Done done, uint64_t readahead);
+  void StartFetch(Run run, protocol::Priority priority, bool fault);
+  void Land(Run run, absl::StatusOr<FetchedPages> pages, bool fault, absl::Time started);
   // Sets each listed page to its new state and returns its waiters, to be
   // released once the caller has dropped the stripe locks it holds.
   std::vector<Waiter*> Publish(std::span<const std::pair<uint64_t, PageState>> changes);

@@ -47,9 +47,22 @@ class FakeSource : public PageSource {
     EXPECT_GE(count, 1u);
     EXPECT_LE(count, protocol::kMaxPagesPerRequest);
     EXPECT_LE((first_page + count) * kPageSize, image_.size() + kPageSize - 1);
+    PendingFetch f{region, first_page, count, priority, std::move(done)};
+    {
+      absl::MutexLock lock(&mu_);
+      history_.push_back({region, first_page, count, priority, nullptr});
+      if (!answer_inline_) {
+        pending_.push_back(std::move(f));
+        return;
+      }
+    }
+    Deliver(std::move(f));
+  }
+
+  // Whether Fetch answers at once, on the caller's thread.
+  void set_answer_inline(bool answer_inline) {
     absl::MutexLock lock(&mu_);
-    history_.push_back({region, first_page, count, priority, nullptr});
-    pending_.push_back({region, first_page, count, priority, std::move(done)});
+    answer_inline_ = answer_inline;
   }
 
   // Every Fetch so far (without callbacks), oldest first.
@@ -77,6 +90,15 @@ class FakeSource : public PageSource {
                              &pending_),
                          timeout);
     return pending_.size();
+  }
+  // The pages of the pending fetches.
+  std::vector<uint64_t> PendingPages() const {
+    absl::MutexLock lock(&mu_);
+    std::vector<uint64_t> pages;
+    for (const PendingFetch& f : pending_) {
+      for (uint64_t p = f.first_page; p < f.first_page + f.count; ++p) pages.push_back(p);
+    }
+    return pages;
   }
   // Whether any fetch so far covered `page`.
   bool Fetched(uint64_t page) const {
@@ -144,6 +166,7 @@ class FakeSource : public PageSource {
   mutable absl::Mutex mu_;
   std::vector<PendingFetch> history_ ABSL_GUARDED_BY(mu_);
   std::deque<PendingFetch> pending_ ABSL_GUARDED_BY(mu_);
+  bool answer_inline_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // Source bytes: every page distinct and non-zero, except the listed pages.
@@ -329,6 +352,27 @@ TEST_F(RegionTest, CompletionFromAnotherThread) {
   completer.join();
   EXPECT_TRUE(r.status().ok()) << r.status();
   EXPECT_EQ(Read(kPageSize, 3 * kPageSize), Slice(source_->image(), kPageSize, 3 * kPageSize));
+}
+
+TEST_F(RegionTest, SourceAnsweringInsideFetch) {
+  MakeRegion(8);
+  source_->set_answer_inline(true);
+  EXPECT_TRUE(Sync([&](Region::Done d) {
+                region_->EnsureLocal(0, 2 * kPageSize, Priority::kDemand, std::move(d));
+              }).ok());
+  EXPECT_TRUE(WriteNow(2 * kPageSize + 7, Filled(9, 0x99)).ok());
+  uint64_t cursor = 0;
+  DoneRecorder pulled;
+  ASSERT_TRUE(region_->PullNext(&cursor, 8, pulled.Callback()));
+  EXPECT_TRUE(pulled.called());
+  EXPECT_TRUE(Sync([&](Region::Done d) {
+                region_->Punch(100, 3 * kPageSize, std::move(d));
+              }).ok());
+  std::vector<uint8_t> expected = source_->image();
+  std::fill_n(expected.begin() + 2 * kPageSize + 7, 9, 0x99);
+  std::fill_n(expected.begin() + 100, 3 * kPageSize, 0);
+  EXPECT_EQ(Read(0, 8 * kPageSize), expected);
+  EXPECT_TRUE(region_->complete());
 }
 
 TEST_F(RegionTest, InflightPagesAreNotFetchedTwice) {
@@ -1013,54 +1057,83 @@ TEST_F(SourcelessRegionTest, ShrinkThenGrowReadsZero) {
                           [](uint8_t b) { return b == 0; }));
 }
 
-// Readers and writers on random pages race the landing of their fetches and
-// of a background pull; in the end every page holds the source's bytes
-// unless it was written, in which case it holds the last write.
+// Readers, writers and punchers on random pages race the landing (or
+// failure) of their fetches and of a background pull; in the end every page
+// holds the source's bytes as changed by its writes and punches, in order.
 TEST_F(RegionTest, ConcurrentStress) {
-  constexpr uint64_t kPages = 192;
+  constexpr uint64_t kPages = 1024;
   constexpr int kWorkers = 3;
-  constexpr int kOpsPerWorker = 250;
+  constexpr int kOpsPerWorker = 1000;
   MakeRegion(kPages, {7, 8, 50, 51, 52, 100}, {{50, 3}});
   ASSERT_NE(region_, nullptr);
 
-  std::atomic<bool> workers_done{false};
+  std::atomic<bool> inject_failures{true};
+  std::atomic<bool> stop{false};
   std::atomic<bool> failed{false};
   std::thread completer([&] {
     std::mt19937 rng(1);
-    // Answers in random order, to reorder landings against each other.
+    // Answers in random order, to reorder landings against each other, and
+    // fails one fetch in eight while the workers run.
     while (true) {
       const size_t n = source_->AwaitPending(absl::Milliseconds(1));
       if (n == 0) {
-        if (workers_done.load()) break;
+        if (stop.load()) break;
         continue;
       }
-      std::optional<PendingFetch> f = source_->Take(rng() % n);
-      if (f.has_value()) source_->Deliver(*std::move(f));
+      // Leave the fetches in flight a little, for the workers to race.
+      absl::SleepFor(absl::Microseconds(50));
+      std::optional<PendingFetch> f = source_->Take(rng() % source_->pending());
+      if (!f.has_value()) continue;
+      if (inject_failures.load() && rng() % 8 == 0) {
+        FakeSource::Fail(*std::move(f), absl::UnavailableError("injected"));
+      } else {
+        source_->Deliver(*std::move(f));
+      }
     }
   });
+
+  // Runs `op` until it succeeds, waiting for its `done` each time; false
+  // (and the test failed) if it never does.
+  auto run = [&](auto op) {
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      absl::Notification done;
+      absl::Status status;
+      op([&](absl::Status s) {
+        status = std::move(s);
+        done.Notify();
+      });
+      if (!done.WaitForNotificationWithTimeout(absl::Seconds(20))) {
+        ADD_FAILURE() << "an operation never completed";
+        return false;
+      }
+      if (status.ok()) return true;
+      if (status.code() != absl::StatusCode::kUnavailable) {
+        ADD_FAILURE() << status;
+        return false;
+      }
+    }
+    ADD_FAILURE() << "an operation kept failing";
+    return false;
+  };
 
   std::atomic<int> pulls_in_flight{0};
   std::thread puller([&] {
     uint64_t cursor = 0;
-    while (!workers_done.load()) {
-      if (pulls_in_flight.load() >= 2) {
-        absl::SleepFor(absl::Microseconds(100));
+    while (!stop.load()) {
+      if (pulls_in_flight.load() >= 1) {
+        absl::SleepFor(absl::Microseconds(200));
         continue;
       }
       pulls_in_flight.fetch_add(1);
-      const bool started = region_->PullNext(&cursor, 3, [&](absl::Status s) {
-        if (!s.ok()) failed = true;
+      if (!region_->PullNext(&cursor, 4, [&](absl::Status) { pulls_in_flight.fetch_sub(1); })) {
         pulls_in_flight.fetch_sub(1);
-      });
-      if (!started) {
-        pulls_in_flight.fetch_sub(1);
-        break;
+        absl::SleepFor(absl::Microseconds(200));
       }
     }
   });
 
-  // Worker w alone writes pages p with p % kWorkers == w, so it knows what
-  // they must hold; it reads any page.
+  // Worker w alone writes and punches pages p with p % kWorkers == w, so it
+  // knows what they must hold; it reads any page.
   std::vector<std::vector<uint8_t>> expected(kWorkers, source_->image());
   std::vector<std::thread> workers;
   for (int w = 0; w < kWorkers; ++w) {
@@ -1069,52 +1142,48 @@ TEST_F(RegionTest, ConcurrentStress) {
       std::vector<uint8_t>& mine = expected[w];
       for (int op = 0; op < kOpsPerWorker && !failed.load(); ++op) {
         uint64_t page = rng() % kPages;
-        absl::Notification done;
-        absl::Status status;
-        auto callback = [&](absl::Status s) {
-          status = std::move(s);
-          done.Notify();
-        };
         const int kind = static_cast<int>(rng() % 4);
         if (kind == 0) {
-          region_->EnsureLocal(page * kPageSize, (1 + rng() % 3) * kPageSize,
-                               rng() % 2 ? Priority::kDemand : Priority::kBulk, callback,
-                               (rng() % 2) * 4 * kPageSize);
-        } else {
-          page -= page % kWorkers;
-          page += static_cast<uint64_t>(w);
-          if (page >= kPages) page -= kWorkers;
-          uint64_t offset = page * kPageSize, length = kPageSize;
-          if (kind == 1) {  // part of the page
-            offset += rng() % kPageSize;
-            length = 1 + rng() % (page * kPageSize + kPageSize - offset);
+          const uint64_t length = (1 + rng() % 3) * kPageSize;
+          const Priority priority = rng() % 2 ? Priority::kDemand : Priority::kBulk;
+          const uint64_t readahead = (rng() % 2) * 4 * kPageSize;
+          if (!run([&](Region::Done d) {
+                region_->EnsureLocal(page * kPageSize, length, priority, std::move(d), readahead);
+              })) {
+            failed = true;
           }
+          continue;
+        }
+        // Mostly a page whose fetch is in flight, if this worker owns one.
+        for (uint64_t p : source_->PendingPages()) {
+          if (p % kWorkers == static_cast<uint64_t>(w) && rng() % 4 != 0) page = p;
+        }
+        page = page - page % kWorkers + static_cast<uint64_t>(w);
+        if (page >= kPages) page -= kWorkers;
+        uint64_t offset = page * kPageSize, length = kPageSize;
+        if (rng() % 2 == 0) {  // part of the page only
+          offset += rng() % kPageSize;
+          length = 1 + rng() % (page * kPageSize + kPageSize - offset);
+        }
+        bool ok;
+        if (kind == 3) {
+          std::fill_n(mine.begin() + static_cast<ptrdiff_t>(offset), length, 0);
+          ok = run([&](Region::Done d) { region_->Punch(offset, length, std::move(d)); });
+        } else {
           std::vector<uint8_t> data(length);
           for (uint8_t& b : data) b = static_cast<uint8_t>(rng());
           std::copy(data.begin(), data.end(), mine.begin() + static_cast<ptrdiff_t>(offset));
-          region_->Write(offset, data, callback);
+          ok = run([&](Region::Done d) { region_->Write(offset, data, std::move(d)); });
         }
-        if (!done.WaitForNotificationWithTimeout(absl::Seconds(20))) {
-          ADD_FAILURE() << "worker " << w << " op " << op << " never completed";
+        // A page this worker owns must read back as it left it, even if a
+        // fetch of it lands later.
+        std::vector<uint8_t> got(kPageSize);
+        if (!ok || !region_->store().Read(page * kPageSize, got).ok() ||
+            !std::equal(got.begin(), got.end(),
+                        mine.begin() + static_cast<ptrdiff_t>(page * kPageSize))) {
+          ADD_FAILURE() << "worker " << w << " op " << op << " page " << page
+                        << " does not hold what was written";
           failed = true;
-          return;
-        }
-        if (!status.ok()) {
-          ADD_FAILURE() << status;
-          failed = true;
-          return;
-        }
-        if (kind != 0) {
-          // A page this worker owns must read back as it wrote it, even if
-          // a fetch of it lands later.
-          std::vector<uint8_t> got(kPageSize);
-          ASSERT_TRUE(region_->store().Read(page * kPageSize, got).ok());
-          if (!std::equal(got.begin(), got.end(),
-                          mine.begin() + static_cast<ptrdiff_t>(page * kPageSize))) {
-            ADD_FAILURE() << "worker " << w << " page " << page << " lost its write";
-            failed = true;
-            return;
-          }
         }
       }
     });
@@ -1122,18 +1191,18 @@ TEST_F(RegionTest, ConcurrentStress) {
   for (std::thread& t : workers) t.join();
 
   // Make the rest local, with the completer still answering.
-  DoneRecorder all;
-  region_->EnsureLocal(0, kPages * kPageSize, Priority::kDemand, all.Callback());
-  EXPECT_TRUE(all.WaitFor(absl::Seconds(20)));
-  while (pulls_in_flight.load() > 0) std::this_thread::yield();
-  workers_done = true;
+  inject_failures = false;
+  EXPECT_TRUE(run([&](Region::Done d) {
+    region_->EnsureLocal(0, kPages * kPageSize, Priority::kDemand, std::move(d));
+  }));
+  stop = true;
   puller.join();
   completer.join();
-  while (pulls_in_flight.load() > 0) source_->CompleteAll();
+  while (source_->CompleteNext()) {
+  }
   ASSERT_FALSE(failed.load());
-  EXPECT_TRUE(all.status().ok()) << all.status();
+  EXPECT_EQ(pulls_in_flight.load(), 0);
   EXPECT_TRUE(region_->complete());
-  EXPECT_EQ(source_->pending(), 0u);
 
   std::vector<uint8_t> final_bytes = Read(0, kPages * kPageSize);
   for (uint64_t p = 0; p < kPages; ++p) {
