@@ -240,6 +240,16 @@ void PageServerProcess::Stop() {
 
 bool IsMounted(const std::string& path) { return !MountDevice(path).empty(); }
 
+void ForceUnmount(const std::string& path) {
+  const std::string device = MountDevice(path);
+  if (device.empty()) return;
+  umount2(path.c_str(), MNT_DETACH);
+  // A hung daemon leaves readers in D state; aborting the connection
+  // fails their requests so everything can exit.
+  const std::string minor = device.substr(device.find(':') + 1);
+  std::ofstream(absl::StrCat("/sys/fs/fuse/connections/", minor, "/abort")) << "1";
+}
+
 absl::StatusOr<std::unique_ptr<MountProcess>> MountProcess::Start(const TempDir& dir,
                                                                   const Options& options) {
   auto m = std::unique_ptr<MountProcess>(new MountProcess);
@@ -290,14 +300,7 @@ MountProcess::~MountProcess() {
 }
 
 void MountProcess::ForceCleanup() {
-  const std::string device = MountDevice(mountpoint_);
-  if (!device.empty()) {
-    umount2(mountpoint_.c_str(), MNT_DETACH);
-    // A hung daemon leaves readers in D state; aborting the connection
-    // fails their requests so everything can exit.
-    const std::string minor = device.substr(device.find(':') + 1);
-    std::ofstream(absl::StrCat("/sys/fs/fuse/connections/", minor, "/abort")) << "1";
-  }
+  ForceUnmount(mountpoint_);
   if (pid_ >= 0) {
     KillAndReap(pid_);
     pid_ = -1;
@@ -334,6 +337,17 @@ RunResult MountProcess::Ctl(const std::vector<std::string>& args, absl::Duration
   return Run(argv, timeout);
 }
 
+int MountProcess::Wait(absl::Duration timeout) {
+  if (pid_ < 0) return -1;
+  int code = -1;
+  if (!WaitFor(pid_, timeout, &code)) {
+    ForceCleanup();
+    return -1;
+  }
+  pid_ = -1;
+  return code;
+}
+
 int MountProcess::Unmount() {
   if (pid_ < 0) return -1;
   RunResult r = Ctl({"unmount"}, absl::Seconds(30));
@@ -356,6 +370,69 @@ int RunInChild(const std::function<int()>& body, absl::Duration timeout) {
     return -1;
   }
   return code;
+}
+
+std::unique_ptr<ChildProcess> ChildProcess::Start(const std::function<int()>& body) {
+  std::fflush(nullptr);
+  auto child = std::unique_ptr<ChildProcess>(new ChildProcess);
+  child->pid_ = fork();
+  if (child->pid_ == 0) _exit(body());
+  return child;
+}
+
+ChildProcess::~ChildProcess() {
+  if (pid_ >= 0) KillAndReap(pid_);
+}
+
+int ChildProcess::Wait(absl::Duration timeout) {
+  if (pid_ < 0) return -1;
+  int code = -1;
+  if (!WaitFor(pid_, timeout, &code)) {
+    KillAndReap(pid_);
+    code = -1;
+  }
+  pid_ = -1;
+  return code;
+}
+
+StepPipe::StepPipe() {
+  if (pipe2(down_, O_CLOEXEC) != 0 || pipe2(up_, O_CLOEXEC) != 0) std::abort();
+}
+
+StepPipe::~StepPipe() {
+  for (int fd : {down_[0], down_[1], up_[0], up_[1]}) close(fd);
+}
+
+bool StepPipe::Send(int fd, char c) {
+  ssize_t n;
+  do {
+    n = write(fd, &c, 1);
+  } while (n < 0 && errno == EINTR);
+  return n == 1;
+}
+
+bool StepPipe::Receive(int fd, char* c, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    pollfd pfd{fd, POLLIN, 0};
+    const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
+    if (left <= 0) return false;
+    const int r = poll(&pfd, 1, static_cast<int>(left));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    ssize_t n = read(fd, c, 1);
+    if (n < 0 && errno == EINTR) continue;
+    return n == 1;
+  }
+}
+
+bool DropCaches() {
+  sync();
+  int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool ok = write(fd, "3", 1) == 1;
+  close(fd);
+  return ok;
 }
 
 }  // namespace lazyram::testing

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -109,6 +110,9 @@ class MountProcess {
   // Unmount through the control socket and wait for the daemon to exit;
   // returns its exit code (-1 if it had to be killed).
   int Unmount();
+  // Waits for the daemon to exit on its own (after a signal, say); returns
+  // its exit code, or -1 if it had to be killed after `timeout`.
+  int Wait(absl::Duration timeout = absl::Seconds(30));
 
  private:
   void ForceCleanup();
@@ -126,6 +130,59 @@ bool IsMounted(const std::string& path);
 // The child must only use async-signal-safe-ish plain code: no gtest
 // assertions; return 0 for success, anything else is a failure code.
 int RunInChild(const std::function<int()>& body, absl::Duration timeout = absl::Seconds(60));
+
+// A forked child running `body` alongside the test, for tests that need
+// both sides at once; the same rules as RunInChild apply to `body`. The
+// destructor kills and reaps a child that is still running.
+class ChildProcess {
+ public:
+  static std::unique_ptr<ChildProcess> Start(const std::function<int()>& body);
+  ~ChildProcess();
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+  pid_t pid() const { return pid_; }
+  // The child's exit code; -1 if it died of a signal or outlived `timeout`
+  // (then it is killed).
+  int Wait(absl::Duration timeout = absl::Seconds(60));
+
+ private:
+  ChildProcess() = default;
+  pid_t pid_ = -1;
+};
+
+// Lock-step between the test and children forked after it: one byte at a
+// time, down (test to child) and up (child to test). Every call is plain
+// code, safe in a child. A receive gives up after `timeout` (false).
+class StepPipe {
+ public:
+  StepPipe();
+  ~StepPipe();
+  StepPipe(const StepPipe&) = delete;
+  StepPipe& operator=(const StepPipe&) = delete;
+  bool SendDown(char c) const { return Send(down_[1], c); }
+  bool ReceiveDown(char* c, absl::Duration timeout = absl::Seconds(60)) const {
+    return Receive(down_[0], c, timeout);
+  }
+  bool SendUp(char c) const { return Send(up_[1], c); }
+  bool ReceiveUp(char* c, absl::Duration timeout = absl::Seconds(60)) const {
+    return Receive(up_[0], c, timeout);
+  }
+
+ private:
+  static bool Send(int fd, char c);
+  static bool Receive(int fd, char* c, absl::Duration timeout);
+  int down_[2] = {-1, -1};
+  int up_[2] = {-1, -1};
+};
+
+// sync(), then drops the clean page cache, dentries and inodes
+// (echo 3 > /proc/sys/vm/drop_caches); false if that was refused.
+bool DropCaches();
+
+// umount -l of `path`, then aborts its FUSE connection so that anything
+// stuck on it fails instead of hanging. For mounts a test did not start as
+// a MountProcess (a background daemon); a no-op if `path` is not mounted.
+void ForceUnmount(const std::string& path);
 
 }  // namespace lazyram::testing
 

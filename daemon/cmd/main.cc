@@ -56,7 +56,13 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    lazyram::PrintError(std::string(e.what()) + " (see lazyramd --help)");
+    // CLI11 reports a word that names no subcommand as a missing one.
+    if (app.get_subcommands().empty() && !app.remaining().empty()) {
+      lazyram::PrintError("unknown subcommand '" + app.remaining().front() +
+                          "' (see lazyramd --help)");
+    } else {
+      lazyram::PrintError(std::string(e.what()) + " (see lazyramd --help)");
+    }
     return 2;
   }
   if (*serve_cmd) return lazyram::RunServe(serve);

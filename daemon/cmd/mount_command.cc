@@ -51,10 +51,11 @@ class StartupReport {
 
 int Serve(const MountOptions& options, const std::string& control_path, StartupReport report) {
   // The kernel may need this daemon to write pages back to reclaim memory:
-  // it must not itself be throttled by that reclaim.
-  if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0) {
-    LogWarning("PR_SET_IO_FLUSHER: %s", std::strerror(errno));
-  }
+  // it must not itself be throttled by that reclaim. Set before any thread
+  // exists, so every thread inherits it; a failure (no CAP_SYS_RESOURCE) is
+  // logged only once start-up succeeded, so that a failed start-up prints
+  // nothing but its one error line.
+  const int io_flusher_errno = prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0 ? errno : 0;
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
@@ -114,6 +115,7 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
   (*engine)->StartPull();
   LogInfo("mounted %s at %s", options.source.value_or("an empty filesystem"), options.mountpoint);
   report.Ready();
+  if (io_flusher_errno != 0) LogWarning("PR_SET_IO_FLUSHER: %s", std::strerror(io_flusher_errno));
   absl::Status status = filesystem->Run();
   LogInfo("unmounted %s", options.mountpoint);
 
