@@ -68,6 +68,12 @@ class Fetcher::Loop {
     absl::Time retry_at = absl::InfinitePast();
     absl::Duration backoff = kMinBackoff;
     bool warned = false;
+    std::string last_retry_error;  // logged once per distinct reason
+    // A bad reply closes the connection; the next one waits this long,
+    // which doubles with every bad reply and resets with a good one, so a
+    // server that keeps lying is not redialed in a tight loop.
+    bool rejected = false;
+    absl::Duration reject_backoff = kMinBackoff;
   };
 
   Loop(Fetcher* fetcher, std::unique_ptr<IoRing> ring, DialedSource first)
@@ -88,6 +94,9 @@ class Fetcher::Loop {
   void Reconnect(size_t index);
   void Up(Connection& c, UniqueFd fd);
   void Fail(size_t index, const absl::Status& why);
+  // The server sent what the protocol forbids: logged as an error (a bug
+  // on the other end, not an outage), then handled like a lost connection.
+  void Reject(size_t index, const absl::Status& why);
   void MaybeFinishClose(size_t index);
   void OnRecv(size_t index, int res);
   void OnSend(size_t index, int res);
@@ -113,6 +122,7 @@ void Fetcher::Loop::Up(Connection& c, UniqueFd fd) {
   if (c.warned)
     LogInfo("page server %s: connection restored", fetcher_->options_.address.ToString());
   c.warned = false;
+  c.last_retry_error.clear();
   fetcher_->connections_up_.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -193,16 +203,22 @@ void Fetcher::Loop::Reconnect(size_t index) {
   absl::StatusOr<DialedSource> dialed =
       DialSource(fetcher_->options_.address, fetcher_->options_.connect_timeout);
   absl::Status status = dialed.status();
-  if (status.ok() && !SameRegions(fetcher_->welcome_, dialed->welcome)) {
-    status = absl::FailedPreconditionError(
-        "the page server now serves different regions than at mount time");
+  if (status.ok()) {
+    if (std::string change = RegionTableChange(fetcher_->welcome_, dialed->welcome);
+        !change.empty()) {
+      status = absl::FailedPreconditionError(absl::StrCat(
+          "the page server now serves different regions than at mount time (", change, ")"));
+    }
   }
   if (status.ok()) {
     Up(c, std::move(dialed->fd));
     return;
   }
-  if (!c.warned) {
+  // Once per reason, not once per outage: a server that comes back with
+  // the wrong regions must be reported even after "connection refused".
+  if (status.message() != c.last_retry_error) {
     LogWarning("%s connection: %s; retrying", c.demand ? "demand" : "bulk", status.message());
+    c.last_retry_error = std::string(status.message());
     c.warned = true;
   }
   c.retry_at = absl::Now() + c.backoff;
@@ -276,6 +292,16 @@ void Fetcher::Loop::Fail(size_t index, const absl::Status& why) {
   MaybeFinishClose(index);
 }
 
+void Fetcher::Loop::Reject(size_t index, const absl::Status& why) {
+  Connection& c = conns_[index];
+  if (!c.up) return;
+  LogError("%s connection to %s: bad reply from the page server: %s; reconnecting",
+           c.demand ? "demand" : "bulk", fetcher_->options_.address.ToString(), why.message());
+  c.warned = true;
+  c.rejected = true;
+  Fail(index, absl::OkStatus());
+}
+
 void Fetcher::Loop::MaybeFinishClose(size_t index) {
   Connection& c = conns_[index];
   if (!c.closing || c.recv_inflight || c.send_inflight) return;
@@ -283,7 +309,13 @@ void Fetcher::Loop::MaybeFinishClose(size_t index) {
   c.closing = false;
   c.sending.clear();
   c.in_len = 0;
-  c.retry_at = absl::Now();  // the first retry is immediate, then backoff
+  if (c.rejected) {
+    c.rejected = false;
+    c.retry_at = absl::Now() + c.reject_backoff;
+    c.reject_backoff = std::min(c.reject_backoff * 2, kMaxBackoff);
+  } else {
+    c.retry_at = absl::Now();  // the first retry is immediate, then backoff
+  }
 }
 
 void Fetcher::Loop::OnSend(size_t index, int res) {
@@ -314,12 +346,13 @@ void Fetcher::Loop::OnRecv(size_t index, int res) {
   while (c.in_len - pos >= protocol::kHeaderSize) {
     absl::StatusOr<protocol::FrameHeader> header = protocol::DecodeHeader(
         std::span(c.in.data() + pos, protocol::kHeaderSize), protocol::kMaxFrameBody);
-    if (!header.ok()) return Fail(index, header.status());
+    if (!header.ok()) return Reject(index, header.status());
     const size_t frame = protocol::kHeaderSize + header->body_len;
     if (c.in_len - pos < frame) break;
     absl::Status s = HandleFrame(
         c, *header, std::span(c.in.data() + pos + protocol::kHeaderSize, header->body_len));
-    if (!s.ok()) return Fail(index, s);
+    if (!s.ok()) return Reject(index, s);
+    c.reject_backoff = kMinBackoff;
     pos += frame;
   }
   if (pos > 0) {

@@ -3,7 +3,6 @@
 #include <sys/mman.h>
 
 #include <cerrno>
-#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -90,23 +89,27 @@ uint64_t PageMap::FindNext(uint64_t from, PageState state) const {
   // Also keeps `p + 8` below from wrapping for a `from` near UINT64_MAX.
   if (from >= n) return n;
   const uint8_t want = Encode(state);
-  const auto* raw = reinterpret_cast<const uint8_t*>(states_);
+  // Other threads transition pages during the scan, so every load is a
+  // (relaxed) atomic one; a plain read would be a data race.
+  auto byte_at = [this](uint64_t p) { return states_[p].load(std::memory_order_relaxed); };
   // Scan eight pages at a time where a word of eight non-matching bytes can
-  // be skipped; a full sweep of a 1 TiB map stays in the tens of ms.
+  // be skipped; a full sweep of a 1 TiB map stays in the tens of ms. The
+  // mapping is page-aligned, so the words are aligned.
+  using Word = uint64_t __attribute__((may_alias));
   uint64_t p = from;
   const uint64_t broadcast = 0x0101010101010101ULL * want;
   while (p < n && (p & 7) != 0) {
-    if (raw[p] == want) return p;
+    if (byte_at(p) == want) return p;
     ++p;
   }
   for (; p + 8 <= n; p += 8) {
-    uint64_t word;
-    std::memcpy(&word, raw + p, 8);
+    const uint64_t word =
+        __atomic_load_n(reinterpret_cast<const Word*>(states_ + p), __ATOMIC_RELAXED);
     uint64_t x = word ^ broadcast;  // a zero byte marks a match
     if (((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL) != 0) break;
   }
   for (; p < n; ++p) {
-    if (raw[p] == want) return p;
+    if (byte_at(p) == want) return p;
   }
   return n;
 }

@@ -131,11 +131,12 @@ void Region::StartFetch(Run run, Priority priority, bool fault) {
   const absl::Time started = absl::Now();
   source_->Fetch(index_, run.first, run.count, priority,
                  [this, run, fault, started](absl::StatusOr<FetchedPages> pages) {
-                   Land(run, std::move(pages), fault, started);
+                   Land(run, std::move(pages), PageState::kFetching, fault, started);
                  });
 }
 
-void Region::Land(Run run, absl::StatusOr<FetchedPages> pages, bool fault, absl::Time started) {
+void Region::Land(Run run, absl::StatusOr<FetchedPages> pages, PageState claimed, bool fault,
+                  absl::Time started) {
   std::vector<std::pair<uint64_t, PageState>> changes;
   changes.reserve(run.count);
   absl::Status error = pages.status();
@@ -176,13 +177,12 @@ void Region::Land(Run run, absl::StatusOr<FetchedPages> pages, bool fault, absl:
     flush();
   }
   if (!error.ok()) {
-    // The pages stay (or become again) absent so a later read retries them.
+    // The pages become absent again so a later read retries them — but only
+    // those still waiting on this fetch: a failed pull leaves alone a page
+    // that a demand fetch asked for again meanwhile.
     changes.clear();
     for (uint64_t p = run.first; p < end; ++p) {
-      const PageState s = map_.Get(p);
-      if (s == PageState::kFetching || s == PageState::kPulling) {
-        changes.emplace_back(p, PageState::kAbsent);
-      }
+      if (map_.Get(p) == claimed) changes.emplace_back(p, PageState::kAbsent);
     }
   }
   std::vector<Waiter*> woken = Publish(changes);
@@ -370,16 +370,24 @@ void Region::Punch(uint64_t offset, uint64_t length, Done done) {
 void Region::PunchLocal(uint64_t offset, uint64_t length, Done done) {
   const uint64_t first = offset / kPageSize;
   const uint64_t end = PagesFor(offset + length);
+  // One stripe at a time, so punching a huge range holds no lock for long
+  // and needs no list of every page in it.
+  constexpr uint64_t kChunk = uint64_t{1} << kStripeShift;
   std::vector<std::pair<uint64_t, PageState>> changes;
-  changes.reserve(end - first);
-  for (uint64_t p = first; p < end; ++p) changes.emplace_back(p, PageState::kZero);
-  LockStripes(first, end);
-  absl::Status s = store_->Punch(offset, (end - first) * kPageSize);
-  std::vector<Waiter*> woken;
-  if (s.ok()) woken = Publish(changes);
-  UnlockStripes(first, end);
-  Release(std::move(woken), absl::OkStatus());
-  done(std::move(s));
+  for (uint64_t a = first; a < end;) {
+    const uint64_t b = std::min(end, (a / kChunk + 1) * kChunk);
+    changes.clear();
+    for (uint64_t p = a; p < b; ++p) changes.emplace_back(p, PageState::kZero);
+    LockStripes(a, b);
+    absl::Status s = store_->Punch(a * kPageSize, (b - a) * kPageSize);
+    std::vector<Waiter*> woken;
+    if (s.ok()) woken = Publish(changes);
+    UnlockStripes(a, b);
+    Release(std::move(woken), absl::OkStatus());
+    if (!s.ok()) return done(std::move(s));
+    a = b;
+  }
+  done(absl::OkStatus());
 }
 
 bool Region::PullNext(uint64_t* cursor, uint32_t max_pages, Done done) {
@@ -408,7 +416,7 @@ bool Region::PullNext(uint64_t* cursor, uint32_t max_pages, Done done) {
       index_, run.first, run.count, Priority::kBulk,
       [this, run, started, done = std::move(done)](absl::StatusOr<FetchedPages> pages) mutable {
         absl::Status status = pages.status();
-        Land(run, std::move(pages), /*fault=*/false, started);
+        Land(run, std::move(pages), PageState::kPulling, /*fault=*/false, started);
         done(std::move(status));
       });
   return true;

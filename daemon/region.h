@@ -131,7 +131,10 @@ class Region {
   void MakeLocal(uint64_t offset, uint64_t length, protocol::Priority priority, bool fault,
                  Done done, uint64_t readahead);
   void StartFetch(Run run, protocol::Priority priority, bool fault);
-  void Land(Run run, absl::StatusOr<FetchedPages> pages, bool fault, absl::Time started);
+  // `claimed`: the state this fetch put its pages in (kFetching or
+  // kPulling); on failure only pages still in it return to absent.
+  void Land(Run run, absl::StatusOr<FetchedPages> pages, PageState claimed, bool fault,
+            absl::Time started);
   // Sets each listed page to its new state and returns its waiters, to be
   // released once the caller has dropped the stripe locks it holds.
   std::vector<Waiter*> Publish(std::span<const std::pair<uint64_t, PageState>> changes);

@@ -85,10 +85,10 @@ class FakeSource : public PageSource {
   // Waits up to `timeout` for a fetch to be pending; returns how many are.
   size_t AwaitPending(absl::Duration timeout) const {
     absl::MutexLock lock(&mu_);
-    mu_.AwaitWithTimeout(absl::Condition(
-                             +[](const std::deque<PendingFetch>* p) { return !p->empty(); },
-                             &pending_),
-                         timeout);
+    mu_.AwaitWithTimeout(
+        absl::Condition(
+            +[](const std::deque<PendingFetch>* p) { return !p->empty(); }, &pending_),
+        timeout);
     return pending_.size();
   }
   // The pages of the pending fetches.
@@ -365,9 +365,7 @@ TEST_F(RegionTest, SourceAnsweringInsideFetch) {
   DoneRecorder pulled;
   ASSERT_TRUE(region_->PullNext(&cursor, 8, pulled.Callback()));
   EXPECT_TRUE(pulled.called());
-  EXPECT_TRUE(Sync([&](Region::Done d) {
-                region_->Punch(100, 3 * kPageSize, std::move(d));
-              }).ok());
+  EXPECT_TRUE(Sync([&](Region::Done d) { region_->Punch(100, 3 * kPageSize, std::move(d)); }).ok());
   std::vector<uint8_t> expected = source_->image();
   std::fill_n(expected.begin() + 2 * kPageSize + 7, 9, 0x99);
   std::fill_n(expected.begin() + 100, 3 * kPageSize, 0);
@@ -424,6 +422,23 @@ TEST_F(RegionTest, ReadaheadIsFetchedButNotWaitedFor) {
   source_->CompleteAll();
   EXPECT_TRUE(ahead.called());
   EXPECT_TRUE(region_->IsLocal(0, 4 * kPageSize));
+}
+
+TEST_F(RegionTest, PrefetchIsNotCountedAsAFault) {
+  MakeRegion(4);
+  DoneRecorder r;
+  region_->Prefetch(kPageSize, 2 * kPageSize, r.Callback());
+  const std::vector<PendingFetch> h = source_->history();
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_EQ(h[0].first_page, 1u);
+  EXPECT_EQ(h[0].count, 2u);
+  EXPECT_EQ(h[0].priority, Priority::kDemand);
+  source_->CompleteAll();
+  ASSERT_TRUE(r.called());
+  EXPECT_TRUE(r.status().ok()) << r.status();
+  EXPECT_EQ(Read(kPageSize, 2 * kPageSize), Slice(source_->image(), kPageSize, 2 * kPageSize));
+  EXPECT_EQ(region_->Stats().demand_fetches, 0u);
+  EXPECT_EQ(region_->TakeFaultHint(), UINT64_MAX);
 }
 
 TEST_F(RegionTest, ZeroExtentsAreLocalAndNeverFetched) {
@@ -606,9 +621,8 @@ TEST_F(RegionTest, WritePastTheEndOfASourcedRegionFails) {
 
 TEST_F(RegionTest, PunchWholePagesNeverFetchesThem) {
   MakeRegion(6);
-  ASSERT_TRUE(Sync([&](Region::Done d) {
-                region_->Punch(kPageSize, 3 * kPageSize, std::move(d));
-              }).ok());
+  ASSERT_TRUE(
+      Sync([&](Region::Done d) { region_->Punch(kPageSize, 3 * kPageSize, std::move(d)); }).ok());
   EXPECT_EQ(source_->fetches(), 0u);
   EXPECT_TRUE(region_->IsLocal(kPageSize, 3 * kPageSize));
   EXPECT_EQ(region_->Stats().pages_zero, 3u);
@@ -679,9 +693,8 @@ TEST_F(RegionTest, PunchOfInflightPageWinsOverItsFetch) {
   MakeRegion(3);
   DoneRecorder r;
   region_->EnsureLocal(0, 3 * kPageSize, Priority::kDemand, r.Callback());
-  ASSERT_TRUE(Sync([&](Region::Done d) {
-                region_->Punch(kPageSize, kPageSize, std::move(d));
-              }).ok());
+  ASSERT_TRUE(
+      Sync([&](Region::Done d) { region_->Punch(kPageSize, kPageSize, std::move(d)); }).ok());
   EXPECT_FALSE(r.called());
   source_->CompleteAll();
   ASSERT_TRUE(r.called());
@@ -692,13 +705,11 @@ TEST_F(RegionTest, PunchOfInflightPageWinsOverItsFetch) {
 
 TEST_F(RegionTest, PunchPastTheEndIsClipped) {
   MakeRegion(2);
-  ASSERT_TRUE(Sync([&](Region::Done d) {
-                region_->Punch(kPageSize, 10 * kPageSize, std::move(d));
-              }).ok());
+  ASSERT_TRUE(
+      Sync([&](Region::Done d) { region_->Punch(kPageSize, 10 * kPageSize, std::move(d)); }).ok());
   EXPECT_EQ(region_->Stats().pages_zero, 1u);
-  EXPECT_TRUE(Sync([&](Region::Done d) {
-                region_->Punch(5 * kPageSize, kPageSize, std::move(d));
-              }).ok());
+  EXPECT_TRUE(
+      Sync([&](Region::Done d) { region_->Punch(5 * kPageSize, kPageSize, std::move(d)); }).ok());
   EXPECT_EQ(source_->fetches(), 0u);
 }
 
@@ -716,7 +727,7 @@ TEST_F(RegionTest, StatsCountEveryKindOfPage) {
   EXPECT_FALSE(s.complete);
 
   DoneRecorder a, b;
-  region_->EnsureLocal(0, 4 * kPageSize, Priority::kDemand, a.Callback());     // 0-3
+  region_->EnsureLocal(0, 4 * kPageSize, Priority::kDemand, a.Callback());        // 0-3
   region_->EnsureLocal(6 * kPageSize, kPageSize, Priority::kBulk, b.Callback());  // 6
   source_->CompleteAll();
   ASSERT_TRUE(a.called() && b.called());
@@ -982,9 +993,7 @@ TEST_F(SourcelessRegionTest, PartialWritesNeedNoFetch) {
   std::fill_n(expected.begin() + 10, 20, 3);
   EXPECT_EQ(ReadPage(1), expected);
   EXPECT_EQ(region_->Stats().pages_dirty, 1u);
-  ASSERT_TRUE(Sync([&](Region::Done d) {
-                region_->Punch(kPageSize + 15, 5, std::move(d));
-              }).ok());
+  ASSERT_TRUE(Sync([&](Region::Done d) { region_->Punch(kPageSize + 15, 5, std::move(d)); }).ok());
   std::fill_n(expected.begin() + 15, 5, 0);
   EXPECT_EQ(ReadPage(1), expected);
 }

@@ -84,14 +84,19 @@ absl::StatusOr<DialedSource> DialSource(const NetAddress& address, absl::Duratio
   return DialedSource{*std::move(fd), *std::move(welcome)};
 }
 
-bool SameRegions(const protocol::Welcome& a, const protocol::Welcome& b) {
-  if (a.regions.size() != b.regions.size()) return false;
-  for (size_t i = 0; i < a.regions.size(); ++i) {
-    if (a.regions[i].name != b.regions[i].name || a.regions[i].size != b.regions[i].size) {
-      return false;
+std::string RegionTableChange(const protocol::Welcome& was, const protocol::Welcome& now) {
+  if (was.regions.size() != now.regions.size()) {
+    return absl::StrCat(now.regions.size(), " regions, was ", was.regions.size());
+  }
+  for (size_t i = 0; i < was.regions.size(); ++i) {
+    const protocol::RegionInfo& a = was.regions[i];
+    const protocol::RegionInfo& b = now.regions[i];
+    if (a.name != b.name || a.size != b.size) {
+      return absl::StrCat("region ", i, " is '", b.name, "' of ", b.size, " bytes, was '", a.name,
+                          "' of ", a.size, " bytes");
     }
   }
-  return true;
+  return "";
 }
 
 }  // namespace lazyram

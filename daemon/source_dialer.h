@@ -4,6 +4,8 @@
 #ifndef LAZYRAM_DAEMON_SOURCE_DIALER_H_
 #define LAZYRAM_DAEMON_SOURCE_DIALER_H_
 
+#include <string>
+
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "daemon/net_address.h"
@@ -22,9 +24,11 @@ struct DialedSource {
 // something that is not a valid WELCOME.
 absl::StatusOr<DialedSource> DialSource(const NetAddress& address, absl::Duration timeout);
 
-// True when `b` describes the same regions (names and sizes, in order) as
-// `a`: a reconnect must find the image it started with.
-bool SameRegions(const protocol::Welcome& a, const protocol::Welcome& b);
+// What differs between the region table a mount started with (`was`) and
+// the one a server now sends (`now`), for a log line; empty when both list
+// the same names and sizes in the same order. A reconnect must find the
+// image it started with.
+std::string RegionTableChange(const protocol::Welcome& was, const protocol::Welcome& now);
 
 }  // namespace lazyram
 
