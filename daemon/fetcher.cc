@@ -41,7 +41,7 @@ enum Op : uint64_t { kWake = 1, kRecv = 2, kSend = 3 };
 constexpr uint64_t Tag(Op op, size_t conn) { return (static_cast<uint64_t>(conn) << 8) | op; }
 
 // Room for several maximal frames, so one recv can carry many replies.
-constexpr size_t kRecvBuffer = 4 * (protocol::kHeaderSize + protocol::kMaxFrameBody);
+constexpr size_t kRecvBuffer = 8 * (protocol::kHeaderSize + protocol::kMaxFrameBody);
 constexpr absl::Duration kMinBackoff = absl::Milliseconds(50);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
 
@@ -62,7 +62,8 @@ class Fetcher::Loop {
     size_t sent = 0;
     bool send_inflight = false;
     std::vector<uint8_t> in;
-    size_t in_len = 0;
+    size_t in_start = 0;  // bytes before this are parsed
+    size_t in_len = 0;    // bytes received
     bool recv_inflight = false;
     absl::flat_hash_map<uint64_t, Request> outstanding;
     absl::Time retry_at = absl::InfinitePast();
@@ -117,6 +118,7 @@ void Fetcher::Loop::Up(Connection& c, UniqueFd fd) {
   c.fd = std::move(fd);
   c.up = true;
   c.closing = false;
+  c.in_start = 0;
   c.in_len = 0;
   c.backoff = kMinBackoff;
   if (c.warned)
@@ -308,6 +310,7 @@ void Fetcher::Loop::MaybeFinishClose(size_t index) {
   c.fd.reset();
   c.closing = false;
   c.sending.clear();
+  c.in_start = 0;
   c.in_len = 0;
   if (c.rejected) {
     c.rejected = false;
@@ -342,7 +345,7 @@ void Fetcher::Loop::OnRecv(size_t index, int res) {
   if (res == 0) return Fail(index, absl::UnavailableError("page server closed the connection"));
   if (res < 0) return Fail(index, ErrnoStatus(-res, "recv"));
   c.in_len += static_cast<size_t>(res);
-  size_t pos = 0;
+  size_t pos = c.in_start;
   while (c.in_len - pos >= protocol::kHeaderSize) {
     absl::StatusOr<protocol::FrameHeader> header = protocol::DecodeHeader(
         std::span(c.in.data() + pos, protocol::kHeaderSize), protocol::kMaxFrameBody);
@@ -355,9 +358,13 @@ void Fetcher::Loop::OnRecv(size_t index, int res) {
     c.reject_backoff = kMinBackoff;
     pos += frame;
   }
-  if (pos > 0) {
+  c.in_start = pos;
+  // Move the unparsed tail to the front only when the room left could not
+  // hold a whole frame: most frames are then parsed where they landed.
+  if (c.in.size() - c.in_len < protocol::kHeaderSize + protocol::kMaxFrameBody) {
     std::memmove(c.in.data(), c.in.data() + pos, c.in_len - pos);
     c.in_len -= pos;
+    c.in_start = 0;
   }
 }
 

@@ -7,10 +7,12 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <list>
 
 #include "absl/container/flat_hash_set.h"
@@ -43,6 +45,7 @@ namespace {
 // Client frames are small; anything bigger is hostile.
 constexpr uint32_t kMaxClientBody = 64;
 constexpr size_t kRecvBuffer = 64 * 1024;
+constexpr size_t kMaxIov = 64;  // frames per sendmsg
 
 // Page-aligned holes of `fd`, as zero extents, appended to `out` while the
 // overall budget lasts.
@@ -122,11 +125,18 @@ class PageServer::Loop {
     Kind kind;
     Connection* conn = nullptr;
   };
+  // A frame queued for sending. Page replies are built in place: the file
+  // is read straight into the frame's payload.
+  struct Frame {
+    std::unique_ptr<uint8_t[]> bytes;
+    size_t size = 0;
+  };
   struct ReadOp {
     Op op{Kind::kRead};
     uint64_t tag = 0;
     protocol::ReadRequest request;
-    std::unique_ptr<uint8_t[]> buffer;
+    Frame frame;        // PagesFrameCapacity(count) bytes
+    uint8_t* pages;     // the payload area inside `frame`
     size_t length = 0;  // bytes of the file wanted (the rest is padding)
     size_t done = 0;
   };
@@ -143,8 +153,10 @@ class PageServer::Loop {
     int reads_inflight = 0;
     std::vector<uint8_t> in = std::vector<uint8_t>(kRecvBuffer);
     size_t in_len = 0;
-    std::string out, sending;
-    size_t sent = 0;
+    std::deque<Frame> out;  // the send in flight covers a prefix of these
+    size_t out_sent = 0;    // bytes of out.front() already sent
+    std::vector<iovec> iov;
+    msghdr msg{};
   };
 
   Loop(PageServer* server, std::unique_ptr<IoRing> ring) : server_(server), ring_(std::move(ring)) {
@@ -167,6 +179,7 @@ class PageServer::Loop {
   void Parse(Connection* c);
   void StartRead(Connection* c, uint64_t tag, const protocol::ReadRequest& request);
   void Reply(Connection* c, absl::string_view frame_bytes);
+  void Reply(Connection* c, Frame frame) { c->out.push_back(std::move(frame)); }
   void Pump(Connection* c);
   void Close(Connection* c, absl::string_view why);
   void MaybeFree(Connection* c);
@@ -257,12 +270,20 @@ void PageServer::Loop::OnAccept(int res) {
 void PageServer::Loop::Pump(Connection* c) {
   if (c->closing) return;
   if (!c->send_inflight && !c->out.empty()) {
-    std::swap(c->out, c->sending);
-    c->out.clear();
-    c->sent = 0;
+    // One sendmsg over the queued frames: no copy into a send buffer.
+    c->iov.clear();
+    size_t skip = c->out_sent;
+    for (Frame& f : c->out) {
+      if (c->iov.size() == kMaxIov) break;
+      c->iov.push_back({f.bytes.get() + skip, f.size - skip});
+      skip = 0;
+    }
+    c->msg = {};
+    c->msg.msg_iov = c->iov.data();
+    c->msg.msg_iovlen = c->iov.size();
     c->send_inflight = true;
     io_uring_sqe* sqe = ring_->GetSqe();
-    io_uring_prep_send(sqe, c->fd.get(), c->sending.data(), c->sending.size(), MSG_NOSIGNAL);
+    io_uring_prep_sendmsg(sqe, c->fd.get(), &c->msg, MSG_NOSIGNAL);
     Submit(&c->send_op, sqe);
   }
   if (!c->recv_inflight && c->in_len < c->in.size()) {
@@ -343,11 +364,13 @@ void PageServer::Loop::StartRead(Connection* c, uint64_t tag,
   const uint64_t offset = request.first_page * kPageSize;
   const size_t total = size_t{request.count} * kPageSize;
   read->length = std::min<uint64_t>(total, size - offset);
-  read->buffer.reset(new uint8_t[total]);
-  std::memset(read->buffer.get() + read->length, 0, total - read->length);
+  read->frame.size = protocol::PagesFrameCapacity(request.count);
+  read->frame.bytes.reset(new uint8_t[read->frame.size]);
+  read->pages = read->frame.bytes.get() + protocol::PagesPayloadOffset(request.count);
+  std::memset(read->pages + read->length, 0, total - read->length);
   ++c->reads_inflight;
   io_uring_sqe* sqe = ring_->GetSqe();
-  io_uring_prep_read(sqe, server_->files_[request.region].get(), read->buffer.get(),
+  io_uring_prep_read(sqe, server_->files_[request.region].get(), read->pages,
                      static_cast<unsigned>(read->length), offset);
   Submit(&read->op, sqe);
 }
@@ -358,8 +381,7 @@ void PageServer::Loop::OnRead(ReadOp* read, int res) {
   if (res > 0 && read->done + static_cast<size_t>(res) < read->length && !c->closing) {
     read->done += static_cast<size_t>(res);  // short read: ask for the rest
     io_uring_sqe* sqe = ring_->GetSqe();
-    io_uring_prep_read(sqe, server_->files_[read->request.region].get(),
-                       read->buffer.get() + read->done,
+    io_uring_prep_read(sqe, server_->files_[read->request.region].get(), read->pages + read->done,
                        static_cast<unsigned>(read->length - read->done),
                        read->request.first_page * kPageSize + read->done);
     Submit(&owned.release()->op, sqe);
@@ -367,43 +389,46 @@ void PageServer::Loop::OnRead(ReadOp* read, int res) {
   }
   --c->reads_inflight;
   if (c->closing) return MaybeFree(c);
-  std::string reply;
   if (res < 0) {
     LogError("reading region %s: %s", server_->welcome_.regions[read->request.region].name,
              std::strerror(-res));
+    std::string reply;
     protocol::AppendError(read->tag, {protocol::ErrorCode::kIoError, std::strerror(-res)}, &reply);
+    Reply(c, reply);
   } else {
     if (res == 0) {
       // The file shrank under us: the missing tail reads as zero.
-      std::memset(read->buffer.get() + read->done, 0, read->length - read->done);
+      std::memset(read->pages + read->done, 0, read->length - read->done);
     }
-    protocol::AppendPages(
-        read->tag, read->request.region, read->request.first_page, read->request.count,
-        std::span(read->buffer.get(), size_t{read->request.count} * kPageSize), &reply);
+    read->frame.size = protocol::SealPages(read->tag, read->request.region,
+                                           read->request.first_page, read->request.count,
+                                           std::span(read->frame.bytes.get(), read->frame.size));
+    Reply(c, std::move(read->frame));
   }
-  Reply(c, reply);
   Parse(c);  // requests held back by the in-flight cap
   Pump(c);
 }
 
 void PageServer::Loop::Reply(Connection* c, absl::string_view frame_bytes) {
-  c->out.append(frame_bytes.data(), frame_bytes.size());
+  Frame frame{std::make_unique<uint8_t[]>(frame_bytes.size()), frame_bytes.size()};
+  std::memcpy(frame.bytes.get(), frame_bytes.data(), frame_bytes.size());
+  Reply(c, std::move(frame));
 }
 
 void PageServer::Loop::OnSend(Connection* c, int res) {
   c->send_inflight = false;
   if (c->closing) return MaybeFree(c);
   if (res <= 0) return Close(c, res == 0 ? "send failed" : std::strerror(-res));
-  c->sent += static_cast<size_t>(res);
-  if (c->sent < c->sending.size()) {
-    c->send_inflight = true;
-    io_uring_sqe* sqe = ring_->GetSqe();
-    io_uring_prep_send(sqe, c->fd.get(), c->sending.data() + c->sent, c->sending.size() - c->sent,
-                       MSG_NOSIGNAL);
-    Submit(&c->send_op, sqe);
-    return;
+  for (size_t sent = static_cast<size_t>(res); sent > 0;) {
+    const size_t left = c->out.front().size - c->out_sent;
+    if (sent < left) {
+      c->out_sent += sent;
+      break;
+    }
+    sent -= left;
+    c->out.pop_front();
+    c->out_sent = 0;
   }
-  c->sending.clear();
   if (c->close_after_send && c->out.empty()) return Close(c, "");
   Pump(c);
 }

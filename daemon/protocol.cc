@@ -364,6 +364,43 @@ void AppendPages(uint64_t tag, uint32_t region, uint64_t first_page, uint32_t co
   Store<uint64_t>(reinterpret_cast<uint8_t*>(out->data() + checksum_at), checksum.Digest());
 }
 
+size_t PagesFrameCapacity(uint32_t count) {
+  return PagesPayloadOffset(count) + size_t{count} * kPageSize;
+}
+
+size_t PagesPayloadOffset(uint32_t count) { return kHeaderSize + kPagesFixedSize + count; }
+
+size_t SealPages(uint64_t tag, uint32_t region, uint64_t first_page, uint32_t count,
+                 std::span<uint8_t> frame) {
+  if (count == 0 || count > kMaxPagesPerRequest) ContractViolation("SealPages: bad count");
+  if (frame.size() < PagesFrameCapacity(count)) ContractViolation("SealPages: frame too small");
+  uint8_t* flags = frame.data() + kHeaderSize + kPagesFixedSize;
+  uint8_t* payload = frame.data() + PagesPayloadOffset(count);
+  // Elide zero pages by sliding later data pages down; with no zero page
+  // (the common case for real RAM) nothing moves.
+  size_t data_pages = 0;
+  for (uint32_t i = 0; i < count; ++i) {
+    const uint8_t* page = payload + size_t{i} * kPageSize;
+    const bool zero = IsZeroPage(std::span(page, kPageSize));
+    flags[i] = static_cast<uint8_t>(zero ? PageFlag::kZero : PageFlag::kData);
+    if (zero) continue;
+    if (data_pages != i) std::memmove(payload + data_pages * kPageSize, page, kPageSize);
+    ++data_pages;
+  }
+  Checksum checksum;
+  checksum.Update(std::span<const uint8_t>(flags, count));
+  checksum.Update(std::span<const uint8_t>(payload, data_pages * kPageSize));
+  const size_t body_len = kPagesFixedSize + count + data_pages * kPageSize;
+  EncodeHeader({.body_len = static_cast<uint32_t>(body_len), .type = FrameType::kPages, .tag = tag},
+               frame.data());
+  uint8_t* fixed = frame.data() + kHeaderSize;
+  Store<uint32_t>(fixed, region);
+  Store<uint32_t>(fixed + 4, count);
+  Store<uint64_t>(fixed + 8, first_page);
+  Store<uint64_t>(fixed + 16, checksum.Digest());
+  return kHeaderSize + body_len;
+}
+
 // --- Decoders ----------------------------------------------------------------
 
 absl::StatusOr<Hello> DecodeHello(std::span<const uint8_t> body) {

@@ -151,6 +151,16 @@ void AppendError(uint64_t tag, const ErrorReply& error, std::string* out);
 void AppendPages(uint64_t tag, uint32_t region, uint64_t first_page, uint32_t count,
                  std::span<const uint8_t> pages, std::string* out);
 
+// In-place PAGES encoding, for a sender that reads page bytes straight into
+// the frame: allocate PagesFrameCapacity(count) bytes, put count*kPageSize
+// page bytes at PagesPayloadOffset(count), then SealPages writes the header,
+// flags and checksum, elides zero pages by sliding later pages down, and
+// returns the frame's final length. Same bytes as AppendPages.
+size_t PagesFrameCapacity(uint32_t count);
+size_t PagesPayloadOffset(uint32_t count);
+size_t SealPages(uint64_t tag, uint32_t region, uint64_t first_page, uint32_t count,
+                 std::span<uint8_t> frame);
+
 // --- Bodies ---------------------------------------------------------------
 // Each takes the body (without header) of a frame of the matching type.
 

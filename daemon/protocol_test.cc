@@ -816,3 +816,26 @@ TEST(RobustnessTest, MutatedFramesNeverCrash) {
 
 }  // namespace
 }  // namespace lazyram::protocol
+
+namespace lazyram::protocol {
+namespace {
+
+TEST(SealPagesTest, MatchesAppendPagesForMixedPages) {
+  for (uint32_t count : {1u, 3u, 17u, kMaxPagesPerRequest}) {
+    std::vector<uint8_t> pages(size_t{count} * kPageSize, 0);
+    for (uint32_t i = 0; i < count; ++i) {
+      if (i % 3 == 1) continue;  // every third page stays zero
+      for (size_t b = 0; b < kPageSize; b += 97) pages[i * kPageSize + b] = uint8_t(i + b);
+    }
+    std::string expected;
+    AppendPages(7, 2, 1000, count, pages, &expected);
+    std::vector<uint8_t> frame(PagesFrameCapacity(count));
+    std::copy(pages.begin(), pages.end(), frame.begin() + PagesPayloadOffset(count));
+    const size_t len = SealPages(7, 2, 1000, count, frame);
+    ASSERT_EQ(len, expected.size()) << count;
+    EXPECT_EQ(0, std::memcmp(frame.data(), expected.data(), len)) << count;
+  }
+}
+
+}  // namespace
+}  // namespace lazyram::protocol

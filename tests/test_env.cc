@@ -141,10 +141,14 @@ std::vector<uint8_t> WriteImage(const std::string& path, uint64_t size, uint32_t
   const uint64_t data_end = size - std::min(hole_bytes, size);
   std::memset(data.data() + data_end, 0, size - data_end);
   int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0 || pwrite(fd, data.data(), data_end, 0) != static_cast<ssize_t>(data_end) ||
-      ftruncate(fd, static_cast<off_t>(size)) != 0) {
-    std::abort();
+  if (fd < 0) std::abort();
+  // One write moves at most ~2 GiB: loop.
+  for (uint64_t done = 0; done < data_end;) {
+    ssize_t n = pwrite(fd, data.data() + done, data_end - done, static_cast<off_t>(done));
+    if (n <= 0) std::abort();
+    done += static_cast<uint64_t>(n);
   }
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0) std::abort();
   close(fd);
   return data;
 }
