@@ -335,9 +335,13 @@ void PageServer::Loop::Parse(Connection* c) {
     absl::StatusOr<protocol::ReadRequest> request =
         header->type == FrameType::kRead ? protocol::DecodeRead(body)
                                          : absl::InvalidArgumentError("expected READ");
-    if (!request.ok()) return Close(c, request.status().message());
     const auto& regions = server_->welcome_.regions;
-    if (request->region >= regions.size()) {
+    if (!request.ok()) {
+      // The header was sound, so the stream is still in sync: answer and go on.
+      const auto code = absl::IsOutOfRange(request.status()) ? protocol::ErrorCode::kOutOfRange
+                                                             : protocol::ErrorCode::kBadRequest;
+      protocol::AppendError(header->tag, {code, std::string(request.status().message())}, &reply);
+    } else if (request->region >= regions.size()) {
       protocol::AppendError(header->tag, {protocol::ErrorCode::kNoSuchRegion, "no such region"},
                             &reply);
     } else if (request->first_page >= regions[request->region].page_count() ||
