@@ -1,0 +1,52 @@
+#include "tools/bench/daemons.h"
+
+#include "absl/time/time.h"
+#include "tools/bench/bench_util.h"
+
+namespace lazyram::bench {
+namespace {
+
+// Long enough for the largest full-run pull on a slow machine.
+constexpr absl::Duration kPullTimeout = absl::Minutes(15);
+
+void MustCtl(const testing::MountProcess& mount, const std::vector<std::string>& args) {
+  const testing::RunResult r = mount.Ctl(args, kPullTimeout);
+  if (r.exit_code != 0) Fail("lazyramctl " + args.front() + " failed: " + r.err);
+}
+
+}  // namespace
+
+std::unique_ptr<testing::PageServerProcess> StartServer(const std::string& image) {
+  return Must(testing::PageServerProcess::Start({std::string(kRegion) + "=" + image}),
+              "starting the page server");
+}
+
+std::unique_ptr<testing::MountProcess> StartMount(const testing::TempDir& dir,
+                                                  const testing::PageServerProcess& server,
+                                                  const MountSpec& spec) {
+  return Must(testing::MountProcess::Start(
+                  dir, {.source = server.url(), .store = spec.store, .prefetch = spec.prefetch}),
+              "mounting");
+}
+
+void WaitComplete(const testing::MountProcess& mount) { MustCtl(mount, {"wait"}); }
+
+void PrefetchAll(const testing::MountProcess& mount) { MustCtl(mount, {"prefetch", kRegion}); }
+
+nlohmann::json RegionStatus(const testing::MountProcess& mount) {
+  return Must(mount.RegionStatus(kRegion), "status");
+}
+
+double LocalFraction(const nlohmann::json& region) {
+  const double local =
+      region.at("pages_present").get<double>() + region.at("pages_zero").get<double>();
+  return Ratio(local, region.at("pages_total").get<double>());
+}
+
+pid_t DaemonPid(const testing::MountProcess& mount) {
+  const nlohmann::json status = Must(mount.Status(), "status");
+  if (!status.contains("pid")) Fail("status has no pid");
+  return status.at("pid").get<pid_t>();
+}
+
+}  // namespace lazyram::bench

@@ -1,0 +1,44 @@
+// The lazyram side of a case: a page server for one image (region "mem0")
+// on 127.0.0.1, mounts fed by it, and what the cases ask those mounts —
+// all through the test harness (tests/test_env.h), which tears every mount
+// and server down by pid when its owner goes out of scope.
+#ifndef LAZYRAM_TOOLS_BENCH_DAEMONS_H_
+#define LAZYRAM_TOOLS_BENCH_DAEMONS_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "tests/test_env.h"
+
+namespace lazyram::bench {
+
+inline constexpr char kRegion[] = "mem0";
+
+std::unique_ptr<testing::PageServerProcess> StartServer(const std::string& image);
+
+struct MountSpec {
+  bool prefetch = false;      // --prefetch on: the background pull runs
+  std::string store = "mem";  // --store mem or a directory
+};
+std::unique_ptr<testing::MountProcess> StartMount(const testing::TempDir& dir,
+                                                  const testing::PageServerProcess& server,
+                                                  const MountSpec& spec);
+
+// `lazyramctl wait`: returns once every page is local (needs --prefetch on).
+void WaitComplete(const testing::MountProcess& mount);
+// `lazyramctl prefetch mem0`: fetches the whole region at demand priority.
+void PrefetchAll(const testing::MountProcess& mount);
+
+// mem0's entry of the mount's status.
+nlohmann::json RegionStatus(const testing::MountProcess& mount);
+// The share of mem0's pages that are local (present or known zero), 0..1.
+double LocalFraction(const nlohmann::json& region_status);
+// The daemon's pid, as the mount's status reports it.
+pid_t DaemonPid(const testing::MountProcess& mount);
+
+}  // namespace lazyram::bench
+
+#endif  // LAZYRAM_TOOLS_BENCH_DAEMONS_H_
