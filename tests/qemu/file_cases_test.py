@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qemu_env import (MIB, Env, QMP, check, first_difference, mount_device,  # noqa: E402
                       need_tools, pattern_image, run, say)

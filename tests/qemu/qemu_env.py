@@ -406,6 +406,14 @@ class Env:
             fail(f"qemu-lazy-migrate exited {r.returncode}")
         return r.returncode, result, r.stderr
 
+    def popen_script(self, *args):
+        """qemu-lazy-migrate in the background (stdout piped, stderr shown)."""
+        argv = [sys.executable, self.script, *args]
+        say("$ " + " ".join(argv) + " &")
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        return p
+
     # -- mounts
 
     def add_mount(self, mountpoint, control):

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qemu_env import (MIB, PAGE, Env, GdbStub, QMP, check, first_difference, need_tools,  # noqa: E402
                        pattern_image, run, say)
