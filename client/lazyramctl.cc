@@ -182,6 +182,42 @@ absl::Status RunPrefetch(const std::string& control, const std::string& region,
   return ControlClient::Call(control, request).status();
 }
 
+// `hash NAME`: one blocking request; with --progress, a request that starts
+// the run and then polls for progress until it is done.
+absl::Status RunHash(const std::string& control, const std::string& region, bool show_progress) {
+  json request = {{"cmd", "hash"}, {"region", region}};
+  absl::StatusOr<json> reply;
+  if (!show_progress) {
+    reply = ControlClient::Call(control, request);
+  } else {
+    ProgressLine progress(true);
+    RateWindow rate;
+    request["wait"] = false;
+    reply = ControlClient::Call(control, request, kStatusTimeout);
+    request["poll"] = true;
+    while (reply.ok() && reply->value("running", false)) {
+      const uint64_t done = reply->value("bytes_done", uint64_t{0});
+      rate.Add(Clock::now(), done);
+      progress.Draw(FormatProgressLine(done, reply->value("bytes_total", uint64_t{0}),
+                                       rate.BytesPerSecond()));
+      std::this_thread::sleep_for(absl::ToChronoNanoseconds(kWaitPollInterval));
+      reply = ControlClient::Call(control, request, kStatusTimeout);
+    }
+    if (reply.ok()) {
+      const uint64_t total = reply->value("bytes_total", uint64_t{0});
+      progress.Draw(FormatProgressLine(total, total, rate.BytesPerSecond()));
+    }
+  }
+  if (!reply.ok()) return reply.status();
+  auto sha = reply->find("sha256");
+  if (sha == reply->end() || !sha->is_string()) {
+    return absl::InternalError("malformed reply from daemon: no \"sha256\"");
+  }
+  // sha256sum's format.
+  std::cout << sha->get<std::string>() << "  " << region << "\n";
+  return FlushStdout();
+}
+
 absl::Status RunUnmount(const std::string& control) {
   return ControlClient::Call(control, {{"cmd", "unmount"}}).status();
 }
@@ -274,6 +310,16 @@ int Main(int argc, char** argv) {
           ->check(ByteSizeValidator());
   offset_opt->needs(length_opt);
 
+  CLI::App* hash_cmd = app.add_subcommand(
+      "hash",
+      "Compute the SHA-256 of a region (reading all of it, fetching what is absent) and print it "
+      "as sha256sum does; views/manifest.json shows it afterwards");
+  std::string hash_region;
+  hash_cmd->add_option("NAME", hash_region, "Region name, as listed by status")->required();
+  bool hash_progress = false;
+  hash_cmd->add_flag("--progress", hash_progress,
+                     "Draw a progress bar with rate and ETA on stderr while hashing");
+
   CLI::App* unmount_cmd =
       app.add_subcommand("unmount", "Unmount the filesystem; lazyramd then exits");
 
@@ -294,6 +340,8 @@ int Main(int argc, char** argv) {
                 show_progress);
   } else if (prefetch_cmd->parsed()) {
     result = RunPrefetch(control, region, offset, length);
+  } else if (hash_cmd->parsed()) {
+    result = RunHash(control, hash_region, hash_progress);
   } else if (unmount_cmd->parsed()) {
     result = RunUnmount(control);
   }

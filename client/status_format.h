@@ -38,7 +38,7 @@ struct RegionStatus {
 };
 
 struct DaemonStatus {
-  std::string source;  // "connected", "reconnecting", "detached" or "none"
+  std::string source;  // "connected", "reconnecting", "detached", "local" or "none"
   bool complete = false;
   std::vector<RegionStatus> regions;
 };

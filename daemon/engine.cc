@@ -8,9 +8,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "daemon/direct_file_store.h"
 #include "daemon/fd_store.h"
+#include "daemon/file_source.h"
+#include "daemon/forensic_views.h"
 #include "daemon/log.h"
 #include "daemon/page_server.h"
+#include "daemon/qemu_stream_index.h"
 #include "daemon/source_dialer.h"
 
 namespace lazyram {
@@ -33,6 +38,18 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Options options) {
   }
   std::unique_ptr<Engine> engine(new Engine(std::move(options)));
   const Options& opts = engine->options_;
+  if (opts.local_source.has_value()) {
+    if (absl::Status s = engine->AttachLocalSource(); !s.ok()) return s;
+    return engine;
+  }
+  if (opts.read_only || opts.machine.has_value()) {
+    engine->views_ = std::make_unique<ForensicViews>(
+        engine.get(), ForensicViews::Options{opts.machine, "",
+                                             opts.source.has_value()
+                                                 ? absl::StrCat("tcp://", opts.source->ToString())
+                                                 : std::string(),
+                                             opts.read_only});
+  }
   if (!opts.source.has_value()) return engine;
 
   absl::StatusOr<DialedSource> dialed = DialSource(*opts.source, opts.connect_timeout);
@@ -69,18 +86,65 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Options options) {
   return engine;
 }
 
+absl::Status Engine::AttachLocalSource() {
+  const SourceUrl& url = *options_.local_source;
+  std::unique_ptr<PageLocator> locator;
+  std::string qemu_machine;
+  if (url.kind == SourceUrl::Kind::kFile) {
+    absl::StatusOr<std::unique_ptr<FileSource>> files = FileSource::Open(url.path);
+    if (!files.ok()) return files.status();
+    locator = *std::move(files);
+  } else {
+    const absl::Time start = absl::Now();
+    absl::StatusOr<std::unique_ptr<QemuStreamIndex>> index = QemuStreamIndex::Open(url.path);
+    if (!index.ok()) return index.status();
+    const QemuStreamIndex::Stats& st = (*index)->stats();
+    LogInfo("indexed %s in %.3f s: %d bytes read of %d, %d data and %d zero page records",
+            url.ToString(), absl::ToDoubleSeconds(absl::Now() - start), st.indexed_bytes,
+            st.stream_bytes, st.data_records, st.zero_records);
+    qemu_machine = (*index)->machine_name();
+    locator = *std::move(index);
+  }
+  absl::StatusOr<std::unique_ptr<LocalPageSource>> source =
+      LocalPageSource::Start(std::move(locator));
+  if (!source.ok()) return source.status();
+  local_source_ = *std::move(source);
+  absl::MutexLock lock(&mu_);
+  const std::vector<protocol::RegionInfo>& infos = local_source_->locator().regions();
+  for (size_t i = 0; i < infos.size(); ++i) {
+    const protocol::RegionInfo& info = infos[i];
+    absl::StatusOr<std::unique_ptr<Store>> store =
+        MakeStore(info.name, info.page_count() * protocol::kPageSize);
+    if (!store.ok()) return store.status();
+    Region::Options ro{info.name,           static_cast<uint32_t>(i), info.size,
+                       local_source_.get(), info.zero_extents,        info.size};
+    absl::StatusOr<std::unique_ptr<Region>> region =
+        Region::Create(std::move(ro), *std::move(store));
+    if (!region.ok()) return region.status();
+    regions_.push_back(*std::move(region));
+  }
+  views_ = std::make_unique<ForensicViews>(
+      this, ForensicViews::Options{options_.machine, std::move(qemu_machine), url.ToString(),
+                                   options_.read_only});
+  return absl::OkStatus();
+}
+
 Engine::~Engine() { Shutdown(); }
 
 absl::StatusOr<std::unique_ptr<Store>> Engine::MakeStore(absl::string_view name, uint64_t size) {
-  absl::StatusOr<std::unique_ptr<FdStore>> store =
-      options_.store_dir.empty() ? FdStore::CreateMemory(name, size)
-                                 : FdStore::CreateFile(options_.store_dir, name, size);
+  if (options_.store_dir.empty()) {
+    absl::StatusOr<std::unique_ptr<FdStore>> store = FdStore::CreateMemory(name, size);
+    if (!store.ok()) return store.status();
+    return std::unique_ptr<Store>(*std::move(store));
+  }
+  absl::StatusOr<std::unique_ptr<DirectFileStore>> store =
+      DirectFileStore::Create(options_.store_dir, name, size);
   if (!store.ok()) return store.status();
   return std::unique_ptr<Store>(*std::move(store));
 }
 
 void Engine::StartPull() {
-  if (!options_.prefetch || fetcher_ == nullptr || puller_ != nullptr) return;
+  if (!options_.prefetch || !has_source() || puller_ != nullptr) return;
   std::vector<Region*> regions;
   {
     absl::MutexLock lock(&mu_);
@@ -91,6 +155,10 @@ void Engine::StartPull() {
 }
 
 void Engine::OnPullComplete() {
+  if (fetcher_ == nullptr) {
+    LogInfo("every page is local");
+    return;
+  }
   LogInfo("every page is local; detaching the page source");
   fetcher_->Detach();
 }
@@ -100,6 +168,8 @@ void Engine::Shutdown() {
   // Fails whatever is still waiting on the network, so the puller and any
   // prefetch can finish.
   if (fetcher_ != nullptr) fetcher_->Shutdown();
+  if (local_source_ != nullptr) local_source_->Shutdown();
+  hasher_.Cancel();
   puller_.reset();
 }
 
@@ -189,12 +259,52 @@ nlohmann::json Engine::StatusJson() const {
            {"complete", s.complete}});
     }
   }
-  std::string source =
-      fetcher_ == nullptr ? "none" : std::string(SourceStateName(fetcher_->state()));
+  std::string source = fetcher_ != nullptr        ? std::string(SourceStateName(fetcher_->state()))
+                       : local_source_ != nullptr ? "local"
+                                                  : "none";
   nlohmann::json out = {
       {"source", source}, {"complete", complete}, {"pid", getpid()}, {"regions", regions}};
   if (fetcher_ != nullptr) out["checksum_errors"] = fetcher_->checksum_errors();
   return out;
+}
+
+nlohmann::json Engine::HashReply(const nlohmann::json& request) {
+  auto region = request.find("region");
+  if (region == request.end() || !region->is_string()) {
+    return ErrorReply(absl::InvalidArgumentError("hash needs a \"region\" string"));
+  }
+  auto flag = [&](const char* key, bool fallback) -> absl::StatusOr<bool> {
+    auto it = request.find(key);
+    if (it == request.end()) return fallback;
+    if (!it->is_boolean()) {
+      return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be true or false"));
+    }
+    return it->get<bool>();
+  };
+  absl::StatusOr<bool> wait = flag("wait", true), poll = flag("poll", false);
+  if (!wait.ok()) return ErrorReply(wait.status());
+  if (!poll.ok()) return ErrorReply(poll.status());
+  const std::string& name = region->get_ref<const std::string&>();
+  std::optional<size_t> index = FindRegion(name);
+  if (!index.has_value()) {
+    return ErrorReply(absl::NotFoundError(absl::StrCat("no region named '", name, "'")));
+  }
+  // A fresh run (or the one under way), unless only polling; answered
+  // when done with "wait", at once without.
+  if (!*poll) hasher_.Start(this->region(*index));
+  std::optional<RegionHasher::Progress> progress =
+      *wait && !*poll ? hasher_.Wait(name) : hasher_.Get(name);
+  if (!progress.has_value()) {
+    return ErrorReply(absl::FailedPreconditionError(
+        absl::StrCat("region '", name, "' has not been hashed (or the daemon is stopping)")));
+  }
+  if (!progress->running && !progress->status.ok()) return ErrorReply(progress->status);
+  nlohmann::json out = {{"region", name},
+                        {"running", progress->running},
+                        {"bytes_done", progress->bytes_done},
+                        {"bytes_total", progress->bytes_total}};
+  if (!progress->running) out["sha256"] = progress->sha256;
+  return OkReply(out);
 }
 
 void Engine::SetUnmountHandler(absl::AnyInvocable<absl::Status()> handler) {
@@ -231,6 +341,7 @@ nlohmann::json Engine::Handle(const nlohmann::json& request) {
     absl::Status s = Prefetch(region->get<std::string>(), *offset, *length);
     return s.ok() ? OkReply() : ErrorReply(s);
   }
+  if (name == "hash") return HashReply(request);
   if (name == "unmount") {
     absl::MutexLock lock(&unmount_mu_);
     if (!unmount_) return ErrorReply(absl::FailedPreconditionError("not mounted"));

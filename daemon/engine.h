@@ -21,9 +21,14 @@
 #include "absl/time/time.h"
 #include "daemon/control_server.h"
 #include "daemon/fetcher.h"
+#include "daemon/forensic_views.h"
+#include "daemon/guest_layout.h"
+#include "daemon/local_page_source.h"
 #include "daemon/net_address.h"
 #include "daemon/puller.h"
 #include "daemon/region.h"
+#include "daemon/region_hasher.h"
+#include "daemon/source_url.h"
 
 namespace lazyram {
 
@@ -36,6 +41,14 @@ class Engine : public ControlHandler {
     int bulk_connections = 2;
     absl::Duration connect_timeout = absl::Seconds(5);
     uint64_t max_region_size = uint64_t{16} << 40;  // for regions without a source
+    // file:// or qemu-stream:// (then `source` is empty): regions read
+    // from local files by a LocalPageSource.
+    std::optional<SourceUrl> local_source;
+    // Forensics (docs/forensics.md): the mount refuses every write, and
+    // views/ appears when this is set, when `machine` is, or with a local
+    // source.
+    bool read_only = false;
+    std::optional<MachineType> machine;
   };
 
   // Dials the source (failing with its error if it cannot be reached) and
@@ -48,7 +61,11 @@ class Engine : public ControlHandler {
   // Stops pulling and fetching; pending fetches fail. Idempotent.
   void Shutdown();
 
-  bool has_source() const { return fetcher_ != nullptr; }
+  bool has_source() const { return fetcher_ != nullptr || local_source_ != nullptr; }
+  bool read_only() const { return options_.read_only; }
+  // The views/ folder's content; null when the mount has none.
+  const ForensicViews* views() const { return views_.get(); }
+  RegionHasher& hasher() { return hasher_; }
   size_t region_count() const;
   Region* region(size_t index) const;  // null when out of range
   std::optional<size_t> FindRegion(absl::string_view name) const;
@@ -60,6 +77,9 @@ class Engine : public ControlHandler {
   absl::Status Prefetch(absl::string_view name, std::optional<uint64_t> offset,
                         std::optional<uint64_t> length);
   nlohmann::json StatusJson() const;
+  // The "hash" request: starts (or joins) hashing a region; with `wait`,
+  // answers once it is done.
+  nlohmann::json HashReply(const nlohmann::json& request);
 
   // What `lazyramctl unmount` runs.
   void SetUnmountHandler(absl::AnyInvocable<absl::Status()> handler);
@@ -69,6 +89,7 @@ class Engine : public ControlHandler {
   explicit Engine(Options options) : options_(std::move(options)) {}
   absl::StatusOr<std::unique_ptr<Store>> MakeStore(absl::string_view name, uint64_t size);
   void OnPullComplete();
+  absl::Status AttachLocalSource();
 
   const Options options_;
   // Member order is teardown order in reverse: the puller goes before the
@@ -76,7 +97,11 @@ class Engine : public ControlHandler {
   mutable absl::Mutex mu_;
   std::vector<std::unique_ptr<Region>> regions_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Fetcher> fetcher_;
+  std::unique_ptr<LocalPageSource> local_source_;
   std::unique_ptr<Puller> puller_;
+  // Reads regions through the source: stopped before it (in Shutdown).
+  RegionHasher hasher_;
+  std::unique_ptr<ForensicViews> views_;
   absl::Mutex unmount_mu_;
   absl::AnyInvocable<absl::Status()> unmount_ ABSL_GUARDED_BY(unmount_mu_);
 };

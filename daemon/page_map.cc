@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <cerrno>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -65,6 +66,13 @@ PageState PageMap::Set(uint64_t page, PageState to) {
     counts_[static_cast<int>(to)].fetch_add(1, std::memory_order_relaxed);
   }
   return from;
+}
+
+void PageMap::InitRange(uint64_t first, uint64_t count, PageState to) {
+  if (count == 0 || to == base_) return;
+  std::memset(reinterpret_cast<uint8_t*>(states_) + first, Encode(to), count);
+  counts_[static_cast<int>(base_)].fetch_sub(count, std::memory_order_relaxed);
+  counts_[static_cast<int>(to)].fetch_add(count, std::memory_order_relaxed);
 }
 
 absl::Status PageMap::Resize(uint64_t pages) {

@@ -58,6 +58,10 @@ class PageMap {
   // Sets `page` to `to` whatever it was; returns the previous state.
   PageState Set(uint64_t page, PageState to);
 
+  // Sets [first, first+count), all still in the base state, to `to`:
+  // one memset, for building a map. Not safe against concurrent use.
+  void InitRange(uint64_t first, uint64_t count, PageState to);
+
   // Grows or shrinks the map. New pages start in the base state; pages cut
   // off are reset to it. Callers serialise Resize against transitions of
   // the pages it cuts off.

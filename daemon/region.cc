@@ -32,17 +32,33 @@ absl::StatusOr<std::unique_ptr<Region>> Region::Create(Options options,
   const uint64_t pages = PagesFor(options.size);
   const bool sourced = options.source != nullptr;
   const uint64_t capacity = sourced ? pages : PagesFor(std::max(options.max_size, options.size));
-  absl::StatusOr<PageMap> map =
-      PageMap::Create(pages, capacity, sourced ? PageState::kAbsent : PageState::kZero);
-  if (!map.ok()) return map.status();
+  uint64_t zero_pages = 0;
+  uint64_t next = 0;  // extents must be sorted and disjoint
   for (const protocol::ZeroExtent& e : options.zero_extents) {
-    if (e.first_page >= pages || e.page_count > pages - e.first_page) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("zero extent past the end of region ", options.name));
+    if (e.first_page < next || e.first_page >= pages || e.page_count > pages - e.first_page) {
+      return absl::InvalidArgumentError(absl::StrCat("bad zero extent for region ", options.name));
     }
-    for (uint64_t p = e.first_page; p < e.first_page + e.page_count; ++p) {
-      map->Set(p, PageState::kZero);
+    zero_pages += e.page_count;
+    next = e.first_page + e.page_count;
+  }
+  // The base state costs nothing, the others a byte each: a mostly sparse
+  // image (a 1 TiB region that is almost all holes) takes zero as its base
+  // and marks only its data ranges absent.
+  const bool zero_base = !sourced || zero_pages > pages / 2;
+  absl::StatusOr<PageMap> map =
+      PageMap::Create(pages, capacity, zero_base ? PageState::kZero : PageState::kAbsent);
+  if (!map.ok()) return map.status();
+  if (sourced) {
+    uint64_t at = 0;
+    for (const protocol::ZeroExtent& e : options.zero_extents) {
+      if (zero_base) {
+        map->InitRange(at, e.first_page - at, PageState::kAbsent);
+      } else {
+        map->InitRange(e.first_page, e.page_count, PageState::kZero);
+      }
+      at = e.first_page + e.page_count;
     }
+    if (zero_base) map->InitRange(at, pages - at, PageState::kAbsent);
   }
   return std::unique_ptr<Region>(new Region(std::move(options), std::move(store), *std::move(map)));
 }

@@ -42,6 +42,11 @@ absl::StatusOr<std::unique_ptr<Filesystem>> Filesystem::Mount(Engine* engine, Op
 
   std::string mount_opts = "fsname=lazyram,subtype=lazyram,default_permissions";
   if (fs->options_.allow_other) mount_opts += ",allow_other";
+  if (fs->options_.read_only) mount_opts += ",ro";
+  if (engine->views() != nullptr) {
+    fs->views_ = std::make_unique<ViewsDir>(engine->views(), fs->options_.read_only,
+                                            fs->mount_time_, getuid(), getgid());
+  }
   std::vector<std::string> args = {"lazyramd", "-o", mount_opts};
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "daemon/engine.h"
+#include "fusefs/views.h"
 
 struct fuse_session;
 
@@ -28,6 +29,9 @@ class Filesystem {
     std::string mountpoint;  // must exist and be a directory
     bool allow_other = false;
     int max_threads = 32;
+    // Mount read-only (-o ro): the kernel refuses every write with EROFS,
+    // and so do the handlers.
+    bool read_only = false;
   };
 
   // Mounts. The engine must outlive the Filesystem.
@@ -51,6 +55,8 @@ class Filesystem {
   Engine* engine() const { return engine_; }
   struct stat RegionAttr(size_t index) const;
   struct stat RootAttr() const;
+  // The views/ folder; null when the engine has no views.
+  ViewsDir* views() const { return views_.get(); }
 
  private:
   Filesystem(Engine* engine, Options options);
@@ -58,6 +64,7 @@ class Filesystem {
   Engine* const engine_;
   const Options options_;
   const timespec mount_time_;  // every file's mtime: a changed mtime drops caches
+  std::unique_ptr<ViewsDir> views_;
   fuse_session* session_ = nullptr;
 };
 

@@ -5,9 +5,12 @@
 #include <sys/statvfs.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "daemon/log.h"
 #include "fusefs/filesystem.h"
@@ -61,7 +64,11 @@ void Init(void* /*userdata*/, fuse_conn_info* conn) {
 
 void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Filesystem* fs = Fs(req);
+  if (parent == kViewsDirIno && fs->views() != nullptr) return fs->views()->Lookup(req, name);
   if (parent != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOENT);
+  if (fs->views() != nullptr && std::strcmp(name, kViewsDirName) == 0) {
+    return fs->views()->LookupInRoot(req);
+  }
   std::optional<size_t> index = fs->engine()->FindRegion(name);
   if (!index.has_value()) return (void)fuse_reply_err(req, ENOENT);
   fuse_entry_param e = EntryFor(fs, *index);
@@ -74,6 +81,7 @@ void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
     struct stat st = fs->RootAttr();
     return (void)fuse_reply_attr(req, &st, kCacheTimeout);
   }
+  if (ViewsDir::Owns(ino) && fs->views() != nullptr) return fs->views()->GetAttr(req, ino);
   ssize_t index = IndexOf(fs, ino);
   if (index < 0) return (void)fuse_reply_err(req, ENOENT);
   struct stat st = fs->RegionAttr(static_cast<size_t>(index));
@@ -83,6 +91,7 @@ void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
 void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
              fuse_file_info* /*fi*/) {
   Filesystem* fs = Fs(req);
+  if (fs->engine()->read_only() || ViewsDir::Owns(ino)) return (void)fuse_reply_err(req, EROFS);
   ssize_t index = IndexOf(fs, ino);
   if (index < 0) return (void)fuse_reply_err(req, ino == FUSE_ROOT_ID ? EPERM : ENOENT);
   if (to_set & FUSE_SET_ATTR_SIZE) {
@@ -100,8 +109,12 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
 void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Filesystem* fs = Fs(req);
   if (ino == FUSE_ROOT_ID) return (void)fuse_reply_err(req, EISDIR);
+  if (ViewsDir::Owns(ino) && fs->views() != nullptr) return fs->views()->Open(req, ino, fi);
   ssize_t index = IndexOf(fs, ino);
   if (index < 0) return (void)fuse_reply_err(req, ENOENT);
+  if (fs->engine()->read_only() && ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))) {
+    return (void)fuse_reply_err(req, EROFS);
+  }
   fi->fh = static_cast<uint64_t>(index);
   OpenFlags(fi);
   fuse_reply_open(req, fi);
@@ -110,6 +123,7 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/,
             fuse_file_info* fi) {
   Filesystem* fs = Fs(req);
+  if (fs->engine()->read_only() || parent == kViewsDirIno) return (void)fuse_reply_err(req, EROFS);
   if (parent != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOENT);
   absl::StatusOr<size_t> index = fs->engine()->CreateRegion(name);
   if (!index.ok()) return ReplyStatus(req, index.status());
@@ -119,7 +133,31 @@ void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/
   fuse_reply_create(req, &e, fi);
 }
 
-void Read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_info* fi) {
+// For stores without a descriptor libfuse can read from (O_DIRECT needs
+// aligned buffers): read into this thread's aligned buffer and reply from it.
+void ReplyFromBuffer(fuse_req_t req, Region* region, uint64_t offset, size_t length) {
+  constexpr size_t kAlign = 4096, kMax = 4 << 20;
+  struct Deleter {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<uint8_t, Deleter> buffer(
+      static_cast<uint8_t*>(std::aligned_alloc(kAlign, kMax)));
+  std::vector<uint8_t> big;
+  uint8_t* data = buffer.get();
+  if (length > kMax) {
+    big.resize(length);
+    data = big.data();
+  }
+  absl::Status s = region->store().Read(offset, std::span(data, length));
+  if (!s.ok()) {
+    LogError("read of %s at %u+%u failed: %s", region->name(), offset, length, s.message());
+    return ReplyStatus(req, s);
+  }
+  fuse_reply_buf(req, reinterpret_cast<const char*>(data), length);
+}
+
+void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  if (ViewsDir::Owns(ino)) return Fs(req)->views()->Read(req, size, off, fi);
   Region* region = Fs(req)->engine()->region(fi->fh);
   const uint64_t region_size = region->size();
   const uint64_t offset = static_cast<uint64_t>(off);
@@ -133,6 +171,7 @@ void Read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_
           LogError("read of %s at %u+%u failed: %s", region->name(), offset, length, s.message());
           return ReplyStatus(req, s);
         }
+        if (region->store().fd() < 0) return ReplyFromBuffer(req, region, offset, length);
         // The store holds every byte of the range now; the
         // reply is read straight from its descriptor.
         fuse_bufvec buf = FUSE_BUFVEC_INIT(length);
@@ -143,8 +182,11 @@ void Read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_
       });
 }
 
-void Write(fuse_req_t req, fuse_ino_t /*ino*/, const char* buf, size_t size, off_t off,
+void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
            fuse_file_info* fi) {
+  if (Fs(req)->engine()->read_only() || ViewsDir::Owns(ino)) {
+    return (void)fuse_reply_err(req, EROFS);
+  }
   Region* region = Fs(req)->engine()->region(fi->fh);
   region->Write(static_cast<uint64_t>(off), std::span(reinterpret_cast<const uint8_t*>(buf), size),
                 [req, size](absl::Status s) {
@@ -153,8 +195,11 @@ void Write(fuse_req_t req, fuse_ino_t /*ino*/, const char* buf, size_t size, off
                 });
 }
 
-void Fallocate(fuse_req_t req, fuse_ino_t /*ino*/, int mode, off_t offset, off_t length,
+void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
                fuse_file_info* fi) {
+  if (Fs(req)->engine()->read_only() || ViewsDir::Owns(ino)) {
+    return (void)fuse_reply_err(req, EROFS);
+  }
   Region* region = Fs(req)->engine()->region(fi->fh);
   const auto off = static_cast<uint64_t>(offset), len = static_cast<uint64_t>(length);
   if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) {
@@ -169,22 +214,28 @@ void Fallocate(fuse_req_t req, fuse_ino_t /*ino*/, int mode, off_t offset, off_t
 }
 
 void Flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
-void Release(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (ViewsDir::Owns(ino)) return Fs(req)->views()->Release(req, fi);
+  fuse_reply_err(req, 0);
+}
 void Fsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) { fuse_reply_err(req, 0); }
 
 void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (ino == kViewsDirIno && Fs(req)->views() != nullptr) return Fs(req)->views()->OpenDir(req, fi);
   if (ino != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOTDIR);
   fuse_reply_open(req, fi);
 }
 
 void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* /*fi*/) {
   Filesystem* fs = Fs(req);
+  if (ino == kViewsDirIno && fs->views() != nullptr) return fs->views()->ReadDir(req, size, off);
   if (ino != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOTDIR);
   std::string buf(size, '\0');
   size_t used = 0;
-  // Entry k (0 ".", 1 "..", then regions) carries offset k+1: the offset a
-  // next call resumes from.
-  const size_t total = 2 + fs->engine()->region_count();
+  // Entry k (0 ".", 1 "..", then "views" on a forensic mount, then
+  // regions) carries offset k+1: the offset a next call resumes from.
+  const size_t first_region = fs->views() != nullptr ? 3 : 2;
+  const size_t total = first_region + fs->engine()->region_count();
   for (size_t k = static_cast<size_t>(off); k < total; ++k) {
     struct stat st {};
     std::string name;
@@ -192,10 +243,14 @@ void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
       st.st_ino = FUSE_ROOT_ID;
       st.st_mode = S_IFDIR;
       name = k == 0 ? "." : "..";
+    } else if (k < first_region) {
+      st.st_ino = kViewsDirIno;
+      st.st_mode = S_IFDIR;
+      name = kViewsDirName;
     } else {
-      st.st_ino = k;  // region k-2 has inode k
+      st.st_ino = k - first_region + 2;  // region i has inode i + 2
       st.st_mode = S_IFREG;
-      name = fs->engine()->region(k - 2)->name();
+      name = fs->engine()->region(k - first_region)->name();
     }
     size_t need = fuse_add_direntry(req, buf.data() + used, size - used, name.c_str(), &st,
                                     static_cast<off_t>(k + 1));
@@ -217,6 +272,32 @@ void StatFs(fuse_req_t req, fuse_ino_t) {
   fuse_reply_statfs(req, &sv);
 }
 
+// SEEK_DATA / SEEK_HOLE. A region is all data; a view knows its holes.
+void Lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) {
+  if (ViewsDir::Owns(ino)) return Fs(req)->views()->Lseek(req, off, whence, fi);
+  Region* region = Fs(req)->engine()->region(fi->fh);
+  const uint64_t size = region->size();
+  if (off < 0 || (whence != SEEK_DATA && whence != SEEK_HOLE)) {
+    return (void)fuse_reply_err(req, EINVAL);
+  }
+  if (static_cast<uint64_t>(off) >= size) return (void)fuse_reply_err(req, ENXIO);
+  fuse_reply_lseek(req, whence == SEEK_DATA ? off : static_cast<off_t>(size));
+}
+
+// Namespace changes: never supported; EROFS on a read-only mount.
+void NoNamespaceChange(fuse_req_t req) {
+  fuse_reply_err(req, Fs(req)->engine()->read_only() ? EROFS : ENOSYS);
+}
+void Mknod(fuse_req_t req, fuse_ino_t, const char*, mode_t, dev_t) { NoNamespaceChange(req); }
+void Mkdir(fuse_req_t req, fuse_ino_t, const char*, mode_t) { NoNamespaceChange(req); }
+void Unlink(fuse_req_t req, fuse_ino_t, const char*) { NoNamespaceChange(req); }
+void Rmdir(fuse_req_t req, fuse_ino_t, const char*) { NoNamespaceChange(req); }
+void Symlink(fuse_req_t req, const char*, fuse_ino_t, const char*) { NoNamespaceChange(req); }
+void Link(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) { NoNamespaceChange(req); }
+void Rename(fuse_req_t req, fuse_ino_t, const char*, fuse_ino_t, const char*, unsigned int) {
+  NoNamespaceChange(req);
+}
+
 fuse_lowlevel_ops MakeOps() {
   fuse_lowlevel_ops ops{};
   ops.init = Init;
@@ -234,6 +315,14 @@ fuse_lowlevel_ops MakeOps() {
   ops.opendir = OpenDir;
   ops.readdir = ReadDir;
   ops.statfs = StatFs;
+  ops.lseek = Lseek;
+  ops.mknod = Mknod;
+  ops.mkdir = Mkdir;
+  ops.unlink = Unlink;
+  ops.rmdir = Rmdir;
+  ops.symlink = Symlink;
+  ops.link = Link;
+  ops.rename = Rename;
   return ops;
 }
 

@@ -193,6 +193,18 @@ RunResult Run(const std::vector<std::string>& argv, absl::Duration timeout) {
 
 absl::StatusOr<std::unique_ptr<PageServerProcess>> PageServerProcess::Start(
     const std::vector<std::string>& regions, uint16_t port) {
+  // A fixed port may be held for a moment by a client's reconnect attempt
+  // (a TCP self-connect on loopback): retry a restart on the same port.
+  absl::StatusOr<std::unique_ptr<PageServerProcess>> server = StartOnce(regions, port);
+  for (int i = 0; i < 50 && port != 0 && !server.ok(); ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+    server = StartOnce(regions, port);
+  }
+  return server;
+}
+
+absl::StatusOr<std::unique_ptr<PageServerProcess>> PageServerProcess::StartOnce(
+    const std::vector<std::string>& regions, uint16_t port) {
   std::vector<std::string> argv = {LazyramdPath(), "serve", "--listen",
                                    absl::StrCat("127.0.0.1:", port)};
   for (const std::string& r : regions) {

@@ -73,6 +73,8 @@ class PageServerProcess {
   void Stop();
 
  private:
+  static absl::StatusOr<std::unique_ptr<PageServerProcess>> StartOnce(
+      const std::vector<std::string>& regions, uint16_t port);
   pid_t pid_ = -1;
   uint16_t port_ = 0;
 };

@@ -18,11 +18,14 @@ struct ServeOptions {
 
 struct MountOptions {
   std::string mountpoint;
-  std::optional<std::string> source;  // tcp://HOST:PORT
+  std::optional<std::string> source;  // tcp://HOST:PORT, file://PATH, qemu-stream://PATH
   std::string store = "mem";          // "mem" or a directory
   std::optional<std::string> control;
   std::optional<std::string> log;
   std::string prefetch = "on";
+  bool prefetch_given = false;  // --prefetch was on the command line
+  bool read_only = false;
+  std::optional<std::string> machine;  // "pc" or "q35"
   bool foreground = false;
   bool allow_other = false;
 };

@@ -29,7 +29,9 @@ int main(int argc, char** argv) {
   CLI::App* mount_cmd = app.add_subcommand("mount", "Mount regions as files at MOUNTPOINT");
   mount_cmd->add_option("MOUNTPOINT", mount.mountpoint, "An existing directory")->required();
   mount_cmd->add_option("--source", mount.source,
-                        "tcp://HOST:PORT of a page server; without it the mount starts empty");
+                        "tcp://HOST:PORT of a page server, file://PATH of a raw RAM file (or a "
+                        "directory of them), or qemu-stream://PATH of a QEMU migration stream or "
+                        "savevm file; without it the mount starts empty");
   mount_cmd
       ->add_option("--store", mount.store,
                    "Where local pages live: mem (a memfd per region) or a DIRECTORY (a sparse file "
@@ -40,12 +42,21 @@ int main(int argc, char** argv) {
   mount_cmd->add_option(
       "--log", mount.log,
       "Log file when running in the background (default: the control socket path with .log)");
+  CLI::Option* prefetch_opt =
+      mount_cmd
+          ->add_option("--prefetch", mount.prefetch,
+                       "on: pull every page in the background, then detach the source; off: fetch "
+                       "only what is read (the default for file:// and qemu-stream:// sources)")
+          ->check(CLI::IsMember({"on", "off"}))
+          ->capture_default_str();
+  mount_cmd->add_flag("--read-only", mount.read_only,
+                      "Refuse every write (EROFS): for inspecting a dead VM's memory; the source "
+                      "is never written and the store holds only what was read");
   mount_cmd
-      ->add_option("--prefetch", mount.prefetch,
-                   "on: pull every page in the background, then detach the source; off: fetch only "
-                   "what is read")
-      ->check(CLI::IsMember({"on", "off"}))
-      ->capture_default_str();
+      ->add_option("--machine", mount.machine,
+                   "pc or q35: the guest's memory layout, for the views/ folder (default: the "
+                   "machine a qemu-stream records)")
+      ->check(CLI::IsMember({"pc", "q35"}));
   mount_cmd->add_flag("--foreground", mount.foreground, "Stay attached; unmount on SIGINT/SIGTERM");
   mount_cmd->add_flag("--allow-other", mount.allow_other, "Let other users access the mount");
 
@@ -65,6 +76,7 @@ int main(int argc, char** argv) {
     }
     return 2;
   }
+  mount.prefetch_given = prefetch_opt->count() > 0;
   if (*serve_cmd) return lazyram::RunServe(serve);
   return lazyram::RunMount(mount);
 }

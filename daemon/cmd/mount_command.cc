@@ -20,6 +20,7 @@
 #include "daemon/cmd/commands.h"
 #include "daemon/engine.h"
 #include "daemon/log.h"
+#include "daemon/source_url.h"
 #include "fusefs/filesystem.h"
 
 namespace lazyram {
@@ -66,15 +67,26 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
 
   Engine::Options engine_options;
   if (options.source.has_value()) {
-    absl::StatusOr<NetAddress> source = NetAddress::ParseUrl(*options.source);
+    absl::StatusOr<SourceUrl> source = SourceUrl::Parse(*options.source);
     if (!source.ok()) {
       report.Failed(source.status().message());
       return 1;
     }
-    engine_options.source = *source;
+    if (source->is_local()) {
+      engine_options.local_source = *source;
+    } else {
+      engine_options.source = source->address;
+    }
   }
   if (options.store != "mem") engine_options.store_dir = options.store;
-  engine_options.prefetch = options.prefetch == "on";
+  // Local sources are read where they lie: nothing is pulled unless asked.
+  engine_options.prefetch = options.prefetch_given || !engine_options.local_source.has_value()
+                                ? options.prefetch == "on"
+                                : false;
+  engine_options.read_only = options.read_only;
+  if (options.machine.has_value()) {
+    engine_options.machine = *GuestLayout::ParseMachine(*options.machine);  // checked by main.cc
+  }
 
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(engine_options);
   if (!engine.ok()) {
@@ -88,7 +100,9 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
     return 1;
   }
   absl::StatusOr<std::unique_ptr<fusefs::Filesystem>> fs =
-      fusefs::Filesystem::Mount(engine->get(), {options.mountpoint, options.allow_other});
+      fusefs::Filesystem::Mount(engine->get(), {.mountpoint = options.mountpoint,
+                                                .allow_other = options.allow_other,
+                                                .read_only = options.read_only});
   if (!fs.ok()) {
     report.Failed(fs.status().message());
     return 1;
@@ -146,7 +160,7 @@ int RunMount(const MountOptions& options) {
     return 1;
   }
   if (options.source.has_value()) {
-    if (absl::StatusOr<NetAddress> s = NetAddress::ParseUrl(*options.source); !s.ok()) {
+    if (absl::StatusOr<SourceUrl> s = SourceUrl::Parse(*options.source); !s.ok()) {
       PrintError(s.status().message());
       return 1;
     }
@@ -165,6 +179,13 @@ int RunMount(const MountOptions& options) {
   const std::string control_path = std::filesystem::absolute(options.control.value_or(
       absl::StrCat("/run/lazyram/", name.empty() ? "root" : name, ".sock")));
   if (opts.store != "mem") opts.store = std::filesystem::absolute(opts.store);
+  if (opts.source.has_value()) {
+    SourceUrl url = *SourceUrl::Parse(*opts.source);  // checked above
+    if (url.is_local()) {
+      url.path = std::filesystem::absolute(url.path).lexically_normal();
+      opts.source = url.ToString();
+    }
+  }
 
   if (options.foreground) return Serve(opts, control_path, StartupReport(-1));
 
