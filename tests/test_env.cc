@@ -274,9 +274,9 @@ absl::StatusOr<std::unique_ptr<MountProcess>> MountProcess::Start(const TempDir&
   m->control_ = dir.Sub(absl::StrCat("ctl", id, ".sock"));
   m->log_path_ = dir.Sub(absl::StrCat("mount", id, ".log"));
   std::filesystem::create_directories(m->mountpoint_);
-  std::vector<std::string> argv = {LazyramdPath(), "mount",     m->mountpoint_, "--foreground",
-                                   "--control",    m->control_, "--store",      options.store,
-                                   "--prefetch",   options.prefetch ? "on" : "off"};
+  std::vector<std::string> argv = {
+      LazyramdPath(), "mount",   m->mountpoint_, "--foreground", "--control",
+      m->control_,    "--store", options.store,  "--prefetch",   options.prefetch ? "on" : "off"};
   if (options.source.has_value()) {
     argv.push_back("--source");
     argv.push_back(*options.source);
@@ -290,8 +290,7 @@ absl::StatusOr<std::unique_ptr<MountProcess>> MountProcess::Start(const TempDir&
     int code;
     if (WaitFor(m->pid_, absl::ZeroDuration(), &code)) {
       m->pid_ = -1;
-      return absl::InternalError(
-          absl::StrCat("lazyramd mount exited with ", code, ": ", m->log()));
+      return absl::InternalError(absl::StrCat("lazyramd mount exited with ", code, ": ", m->log()));
     }
     if (IsMounted(m->mountpoint_) && m->Status().ok()) {
       m->mounted_ = true;
