@@ -474,19 +474,23 @@ void Fetcher::Wake() {
 void Fetcher::Fetch(uint32_t region, uint64_t first_page, uint32_t count, Priority priority,
                     FetchCallback done) {
   bool refused = false;
+  bool was_empty = false;
   {
     absl::MutexLock lock(&mu_);
     refused = detached_ || stopping_;
     if (!refused) {
-      Request r{region, first_page, count, priority, std::move(done)};
-      (priority == Priority::kDemand ? demand_queue_ : bulk_queue_).push_back(std::move(r));
+      std::deque<Request>& queue = priority == Priority::kDemand ? demand_queue_ : bulk_queue_;
+      was_empty = queue.empty();
+      queue.push_back({region, first_page, count, priority, std::move(done)});
     }
   }
   if (refused) {
     done(absl::FailedPreconditionError("the page source is detached"));
     return;
   }
-  Wake();
+  // A queue that already held requests has a wake-up pending (or waits for
+  // its connection to come back): one eventfd write per batch, not per fault.
+  if (was_empty) Wake();
 }
 
 void Fetcher::Detach() {
