@@ -34,13 +34,18 @@ absl::Status WriteSysfs(const std::string& path, const std::string& value) {
 
 }  // namespace
 
-absl::Status RaiseWritebackLimits(const std::string& mountpoint) {
+std::string MountDevice(const std::string& mountpoint) {
   std::ifstream mountinfo("/proc/self/mountinfo");
   std::string line, device;
   while (std::getline(mountinfo, line)) {
     std::vector<std::string> fields = absl::StrSplit(line, ' ');
     if (fields.size() > 4 && Unescape(fields[4]) == mountpoint) device = fields[2];
   }
+  return device;
+}
+
+absl::Status RaiseWritebackLimits(const std::string& mountpoint) {
+  const std::string device = MountDevice(mountpoint);
   if (device.empty()) {
     return absl::NotFoundError(absl::StrCat("no mount at ", mountpoint, " in mountinfo"));
   }

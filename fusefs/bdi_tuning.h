@@ -15,6 +15,11 @@ namespace lazyram::fusefs {
 // mount at `mountpoint` (an absolute, canonical path).
 absl::Status RaiseWritebackLimits(const std::string& mountpoint);
 
+// The "major:minor" device of the mount at `mountpoint` according to
+// /proc/self/mountinfo (the last one, if stacked), or "" if none. Reads no
+// byte of the mount itself, so it is safe on a hung FUSE mount.
+std::string MountDevice(const std::string& mountpoint);
+
 }  // namespace lazyram::fusefs
 
 #endif  // LAZYRAM_FUSEFS_BDI_TUNING_H_

@@ -23,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "client/control_client.h"
+#include "fusefs/bdi_tuning.h"
 
 namespace lazyram::testing {
 namespace {
@@ -81,29 +82,7 @@ pid_t Spawn(const std::vector<std::string>& argv, int out_fd, int err_fd) {
   return pid;
 }
 
-std::string Unescape(const std::string& field) {
-  std::string out;
-  for (size_t i = 0; i < field.size(); ++i) {
-    if (field[i] == '\\' && i + 3 < field.size()) {
-      out += static_cast<char>(std::stoi(field.substr(i + 1, 3), nullptr, 8));
-      i += 3;
-    } else {
-      out += field[i];
-    }
-  }
-  return out;
-}
-
-// The "major:minor" of the mount at `path`, or empty.
-std::string MountDevice(const std::string& path) {
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line, device;
-  while (std::getline(in, line)) {
-    std::vector<std::string> f = absl::StrSplit(line, ' ');
-    if (f.size() > 4 && Unescape(f[4]) == path) device = f[2];
-  }
-  return device;
-}
+using fusefs::MountDevice;
 
 std::atomic<int> next_id{0};
 
