@@ -36,8 +36,21 @@ uint8_t* Bounce() {
 absl::StatusOr<std::unique_ptr<DirectFileStore>> DirectFileStore::Create(absl::string_view dir,
                                                                          absl::string_view name,
                                                                          uint64_t size) {
+  return OpenFile(dir, name, size, /*truncate=*/true);
+}
+
+absl::StatusOr<std::unique_ptr<DirectFileStore>> DirectFileStore::Open(absl::string_view dir,
+                                                                       absl::string_view name,
+                                                                       uint64_t size) {
+  return OpenFile(dir, name, size, /*truncate=*/false);
+}
+
+absl::StatusOr<std::unique_ptr<DirectFileStore>> DirectFileStore::OpenFile(absl::string_view dir,
+                                                                           absl::string_view name,
+                                                                           uint64_t size,
+                                                                           bool truncate) {
   std::string path = absl::StrCat(dir, "/", name);
-  const int flags = O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC;
+  const int flags = O_RDWR | O_CREAT | O_CLOEXEC | (truncate ? O_TRUNC : 0);
   bool direct = true;
   UniqueFd fd(open(path.c_str(), flags | O_DIRECT, 0600));
   if (!fd.valid() && errno == EINVAL) {
@@ -138,6 +151,11 @@ absl::Status DirectFileStore::Punch(uint64_t offset, uint64_t length) {
                 static_cast<off_t>(length)) != 0) {
     return ErrnoStatus(errno, absl::StrCat("punching a hole in ", path_));
   }
+  return absl::OkStatus();
+}
+
+absl::Status DirectFileStore::Sync() {
+  if (fdatasync(fd_.get()) != 0) return ErrnoStatus(errno, absl::StrCat("syncing ", path_));
   return absl::OkStatus();
 }
 

@@ -27,18 +27,27 @@ class DirectFileStore : public Store {
   static absl::StatusOr<std::unique_ptr<DirectFileStore>> Create(absl::string_view dir,
                                                                  absl::string_view name,
                                                                  uint64_t size);
+  // Opens `dir`/`name` keeping its bytes (a store whose page states were
+  // restored, see StateFile), sized to `size`; created if missing.
+  static absl::StatusOr<std::unique_ptr<DirectFileStore>> Open(absl::string_view dir,
+                                                               absl::string_view name,
+                                                               uint64_t size);
 
   absl::Status Read(uint64_t offset, std::span<uint8_t> out) override;
   absl::Status Write(uint64_t offset, std::span<const uint8_t> data) override;
   absl::Status Punch(uint64_t offset, uint64_t length) override;
   absl::Status Resize(uint64_t size) override;
   uint64_t Size() const override { return size_.load(std::memory_order_acquire); }
+  absl::Status Sync() override;
   // -1: replies must go through Read (libfuse's fd path is not aligned).
   int fd() const override { return direct_ ? -1 : fd_.get(); }
   bool direct() const { return direct_; }
 
  private:
   DirectFileStore(UniqueFd fd, std::string path, uint64_t size, bool direct);
+  static absl::StatusOr<std::unique_ptr<DirectFileStore>> OpenFile(absl::string_view dir,
+                                                                   absl::string_view name,
+                                                                   uint64_t size, bool truncate);
   absl::Status ReadAligned(uint64_t offset, uint8_t* buf, size_t len);
   absl::Status WriteAligned(uint64_t offset, const uint8_t* buf, size_t len);
 

@@ -1,10 +1,13 @@
 #include "daemon/engine.h"
 
+#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
@@ -38,6 +41,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Options options) {
   }
   std::unique_ptr<Engine> engine(new Engine(std::move(options)));
   const Options& opts = engine->options_;
+  if (!opts.store_dir.empty()) {
+    absl::StatusOr<UniqueFd> lock = StateFile::LockStore(opts.store_dir);
+    if (!lock.ok()) return lock.status();
+    engine->store_lock_ = *std::move(lock);
+  }
   if (opts.local_source.has_value()) {
     if (absl::Status s = engine->AttachLocalSource(); !s.ok()) return s;
     return engine;
@@ -50,7 +58,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Options options) {
                                                  : std::string(),
                                              opts.read_only});
   }
-  if (!opts.source.has_value()) return engine;
+  if (!opts.source.has_value()) {
+    if (!opts.store_dir.empty()) {
+      if (absl::Status s = engine->OpenStoreDir(nullptr); !s.ok()) return s;
+    }
+    return engine;
+  }
 
   absl::StatusOr<DialedSource> dialed = DialSource(*opts.source, opts.connect_timeout);
   if (!dialed.ok()) return dialed.status();
@@ -66,20 +79,18 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Options options) {
   if (!fetcher.ok()) return fetcher.status();
   engine->fetcher_ = *std::move(fetcher);
 
+  engine->source_id_ = SourceId(welcome.regions);
+  if (absl::Status s = engine->OpenStoreDir(&welcome.regions); !s.ok()) return s;
   absl::MutexLock lock(&engine->mu_);
   for (size_t i = 0; i < welcome.regions.size(); ++i) {
     protocol::RegionInfo& info = welcome.regions[i];
-    absl::StatusOr<std::unique_ptr<Store>> store =
-        engine->MakeStore(info.name, info.page_count() * protocol::kPageSize);
-    if (!store.ok()) return store.status();
     Region::Options ro{info.name,
                        static_cast<uint32_t>(i),
                        info.size,
                        engine->fetcher_.get(),
                        std::move(info.zero_extents),
                        info.size};
-    absl::StatusOr<std::unique_ptr<Region>> region =
-        Region::Create(std::move(ro), *std::move(store));
+    absl::StatusOr<std::unique_ptr<Region>> region = engine->BuildRegion(std::move(ro));
     if (!region.ok()) return region.status();
     engine->regions_.push_back(*std::move(region));
   }
@@ -109,17 +120,15 @@ absl::Status Engine::AttachLocalSource() {
       LocalPageSource::Start(std::move(locator));
   if (!source.ok()) return source.status();
   local_source_ = *std::move(source);
-  absl::MutexLock lock(&mu_);
   const std::vector<protocol::RegionInfo>& infos = local_source_->locator().regions();
+  source_id_ = SourceId(infos);
+  if (absl::Status s = OpenStoreDir(&infos); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < infos.size(); ++i) {
     const protocol::RegionInfo& info = infos[i];
-    absl::StatusOr<std::unique_ptr<Store>> store =
-        MakeStore(info.name, info.page_count() * protocol::kPageSize);
-    if (!store.ok()) return store.status();
     Region::Options ro{info.name,           static_cast<uint32_t>(i), info.size,
                        local_source_.get(), info.zero_extents,        info.size};
-    absl::StatusOr<std::unique_ptr<Region>> region =
-        Region::Create(std::move(ro), *std::move(store));
+    absl::StatusOr<std::unique_ptr<Region>> region = BuildRegion(std::move(ro));
     if (!region.ok()) return region.status();
     regions_.push_back(*std::move(region));
   }
@@ -131,19 +140,141 @@ absl::Status Engine::AttachLocalSource() {
 
 Engine::~Engine() { Shutdown(); }
 
-absl::StatusOr<std::unique_ptr<Store>> Engine::MakeStore(absl::string_view name, uint64_t size) {
+namespace {
+
+// Why a store's state file cannot serve this mount, or OK.
+absl::Status CheckSameSource(const StateFile::Identity& have, const StateFile::Identity& want,
+                             absl::string_view dir) {
+  const std::string fix = "use another --store directory, or empty this one to start over";
+  if (have.has_source != want.has_source) {
+    return absl::FailedPreconditionError(
+        have.has_source
+            ? absl::StrCat("store directory ", dir, " was filled from a page source (region '",
+                           have.name, "'); mount it with that source, or ", fix)
+            : absl::StrCat("store directory ", dir,
+                           " holds the files of a mount without a source (region '", have.name,
+                           "'); mount it without --source, or ", fix));
+  }
+  if (have.size != want.size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "store directory ", dir, " belongs to another source: region '", have.name, "' is ",
+        have.size, " bytes there and ", want.size, " bytes in this source; ", fix));
+  }
+  if (have.source_id != want.source_id || have.index != want.index ||
+      have.capacity_pages != want.capacity_pages) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "store directory ", dir, " belongs to another source: its region table (names, sizes, ",
+        "zero ranges) differs from this source's; ", fix));
+  }
+  return absl::OkStatus();
+}
+
+uint64_t PagesFor(uint64_t bytes) {
+  return (bytes + protocol::kPageSize - 1) / protocol::kPageSize;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Region>> Engine::BuildRegion(Region::Options ro) {
+  const uint64_t bytes = PagesFor(ro.size) * protocol::kPageSize;
   if (options_.store_dir.empty()) {
-    absl::StatusOr<std::unique_ptr<FdStore>> store = FdStore::CreateMemory(name, size);
+    absl::StatusOr<std::unique_ptr<FdStore>> store = FdStore::CreateMemory(ro.name, bytes);
     if (!store.ok()) return store.status();
-    return std::unique_ptr<Store>(*std::move(store));
+    return Region::Create(std::move(ro), *std::move(store));
+  }
+  const std::string& dir = options_.store_dir;
+  if (ro.name == StateFile::kDirName) {
+    return absl::InvalidArgumentError(absl::StrCat("a region named ", StateFile::kDirName,
+                                                   " cannot be kept in a --store directory"));
+  }
+  if (ro.state == nullptr) {
+    const bool sourced = ro.source != nullptr;
+    StateFile::Identity want{
+        ro.name, ro.size,    sourced ? PagesFor(ro.size) : PagesFor(std::max(ro.max_size, ro.size)),
+        sourced, source_id_, ro.index};
+    absl::StatusOr<std::unique_ptr<StateFile>> state = StateFile::Open(dir, ro.name);
+    if (state.ok()) {
+      if (absl::Status s = CheckSameSource((*state)->identity(), want, dir); !s.ok()) return s;
+      if (absl::Status s = (*state)->CheckUsable(dir); !s.ok()) return s;
+    } else if (absl::IsNotFound(state.status())) {
+      state = StateFile::Create(dir, want);
+    }
+    if (!state.ok()) return state.status();
+    ro.state = *std::move(state);
   }
   absl::StatusOr<std::unique_ptr<DirectFileStore>> store =
-      DirectFileStore::Create(options_.store_dir, name, size);
+      ro.state->restored() ? DirectFileStore::Open(dir, ro.name, bytes)
+                           : DirectFileStore::Create(dir, ro.name, bytes);
   if (!store.ok()) return store.status();
-  return std::unique_ptr<Store>(*std::move(store));
+  const bool restored = ro.state->restored();
+  const bool was_clean = ro.state->was_clean();
+  absl::StatusOr<std::unique_ptr<Region>> region = Region::Create(std::move(ro), *std::move(store));
+  if (region.ok() && restored) {
+    LogInfo("region %s: %d of %d pages local from the store (%s)", (*region)->name(),
+            (*region)->pages_restored(), PagesFor((*region)->size()),
+            was_clean ? "shut down cleanly" : "not shut down cleanly; same boot");
+  }
+  return region;
+}
+
+absl::Status Engine::OpenStoreDir(const std::vector<protocol::RegionInfo>* table) {
+  const std::string& dir = options_.store_dir;
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(absl::StrCat(dir, "/", StateFile::kDirName), ec)) {
+    const std::string file = entry.path().filename();
+    if (absl::EndsWith(file, ".state")) names.push_back(file.substr(0, file.size() - 6));
+  }
+  if (ec) return absl::InternalError(absl::StrCat("listing ", dir, ": ", ec.message()));
+  if (table != nullptr) {
+    for (const std::string& name : names) {
+      if (std::none_of(table->begin(), table->end(),
+                       [&](const protocol::RegionInfo& r) { return r.name == name; })) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "store directory ", dir, " holds region '", name,
+            "', which this source does not have: it belongs to another source; use another "
+            "--store directory, or empty this one to start over"));
+      }
+    }
+    return absl::OkStatus();
+  }
+  // A mount without a source: every region the store holds comes back,
+  // in the order they were created.
+  std::vector<std::unique_ptr<StateFile>> files;
+  for (const std::string& name : names) {
+    absl::StatusOr<std::unique_ptr<StateFile>> state = StateFile::Open(dir, name);
+    if (!state.ok()) return state.status();
+    StateFile::Identity none = (*state)->identity();
+    none.has_source = false;
+    none.source_id = 0;
+    if (absl::Status s = CheckSameSource((*state)->identity(), none, dir); !s.ok()) return s;
+    if (absl::Status s = (*state)->CheckUsable(dir); !s.ok()) return s;
+    files.push_back(*std::move(state));
+  }
+  std::sort(files.begin(), files.end(),
+            [](const auto& a, const auto& b) { return a->identity().index < b->identity().index; });
+  absl::MutexLock lock(&mu_);
+  for (std::unique_ptr<StateFile>& file : files) {
+    Region::Options ro{file->identity().name,
+                       static_cast<uint32_t>(regions_.size()),
+                       file->identity().size,
+                       nullptr,
+                       {},
+                       options_.max_region_size};
+    ro.state = std::move(file);
+    absl::StatusOr<std::unique_ptr<Region>> region = BuildRegion(std::move(ro));
+    if (!region.ok()) return region.status();
+    regions_.push_back(*std::move(region));
+  }
+  return absl::OkStatus();
 }
 
 void Engine::StartPull() {
+  if (!options_.store_dir.empty() && options_.checkpoint_interval > absl::ZeroDuration() &&
+      !checkpoint_thread_.joinable()) {
+    checkpoint_thread_ = std::thread([this] { CheckpointLoop(); });
+  }
   if (!options_.prefetch || !has_source() || puller_ != nullptr) return;
   std::vector<Region*> regions;
   {
@@ -163,7 +294,44 @@ void Engine::OnPullComplete() {
   fetcher_->Detach();
 }
 
+void Engine::CheckpointLoop() {
+  pthread_setname_np(pthread_self(), "lazyram-ckpt");
+  absl::MutexLock lock(&checkpoint_mu_);
+  for (;;) {
+    checkpoint_mu_.AwaitWithTimeout(absl::Condition(&checkpoint_stop_),
+                                    options_.checkpoint_interval);
+    if (checkpoint_stop_) return;
+    checkpoint_mu_.Unlock();
+    const size_t n = region_count();
+    for (size_t i = 0; i < n; ++i) {
+      if (absl::Status s = region(i)->Sync(); !s.ok()) LogError("checkpoint: %s", s.message());
+    }
+    checkpoint_mu_.Lock();
+  }
+}
+
+void Engine::StopCheckpoints() {
+  {
+    absl::MutexLock lock(&checkpoint_mu_);
+    checkpoint_stop_ = true;
+  }
+  if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
+}
+
+absl::Status Engine::CloseStore() {
+  StopCheckpoints();
+  if (options_.store_dir.empty()) return absl::OkStatus();
+  absl::Status result;
+  const size_t n = region_count();
+  for (size_t i = 0; i < n; ++i) {
+    if (absl::Status s = region(i)->Close(); !s.ok() && result.ok()) result = s;
+  }
+  if (result.ok()) LogInfo("store %s is synced and marked clean", options_.store_dir);
+  return result;
+}
+
 void Engine::Shutdown() {
+  StopCheckpoints();
   if (puller_ != nullptr) puller_->Stop();
   // Fails whatever is still waiting on the network, so the puller and any
   // prefetch can finish.
@@ -200,12 +368,10 @@ absl::StatusOr<size_t> Engine::CreateRegion(absl::string_view name) {
   for (size_t i = 0; i < regions_.size(); ++i) {
     if (regions_[i]->name() == name) return i;
   }
-  absl::StatusOr<std::unique_ptr<Store>> store = MakeStore(name, 0);
-  if (!store.ok()) return store.status();
   Region::Options ro{
       std::string(name),       static_cast<uint32_t>(regions_.size()), 0, nullptr, {},
       options_.max_region_size};
-  absl::StatusOr<std::unique_ptr<Region>> region = Region::Create(std::move(ro), *std::move(store));
+  absl::StatusOr<std::unique_ptr<Region>> region = BuildRegion(std::move(ro));
   if (!region.ok()) return region.status();
   regions_.push_back(*std::move(region));
   return regions_.size() - 1;
@@ -254,6 +420,7 @@ nlohmann::json Engine::StatusJson() const {
            {"pages_zero", s.pages_zero},
            {"bytes_fetched", s.bytes_fetched},
            {"demand_fetches", s.demand_fetches},
+           {"pages_restored", r->pages_restored()},
            {"fetch_latency_us",
             {{"p50", s.latency_p50_us}, {"p99", s.latency_p99_us}, {"max", s.latency_max_us}}},
            {"complete", s.complete}});

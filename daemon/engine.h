@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -29,6 +30,8 @@
 #include "daemon/region.h"
 #include "daemon/region_hasher.h"
 #include "daemon/source_url.h"
+#include "daemon/state_file.h"
+#include "daemon/unique_fd.h"
 
 namespace lazyram {
 
@@ -49,6 +52,9 @@ class Engine : public ControlHandler {
     // source.
     bool read_only = false;
     std::optional<MachineType> machine;
+    // With store_dir: how often the store's bytes and page states are made
+    // durable (docs/store.md); zero: only at a clean shutdown.
+    absl::Duration checkpoint_interval = absl::Seconds(30);
   };
 
   // Dials the source (failing with its error if it cannot be reached) and
@@ -60,6 +66,10 @@ class Engine : public ControlHandler {
   void StartPull();
   // Stops pulling and fetching; pending fetches fail. Idempotent.
   void Shutdown();
+  // After the filesystem is unmounted and Shutdown: makes a --store DIR
+  // durable (store bytes, then page states) and marks it clean. A no-op
+  // for memory stores.
+  absl::Status CloseStore();
 
   bool has_source() const { return fetcher_ != nullptr || local_source_ != nullptr; }
   bool read_only() const { return options_.read_only; }
@@ -87,11 +97,21 @@ class Engine : public ControlHandler {
 
  private:
   explicit Engine(Options options) : options_(std::move(options)) {}
-  absl::StatusOr<std::unique_ptr<Store>> MakeStore(absl::string_view name, uint64_t size);
+  // A region with its store (and its state file with --store DIR, opened
+  // and checked against `ro` or created).
+  absl::StatusOr<std::unique_ptr<Region>> BuildRegion(Region::Options ro);
+  // --store DIR: refuses a store that belongs to another source (or to a
+  // mount without one, or the other way round), then for a mount without
+  // a source brings back the regions it holds.
+  absl::Status OpenStoreDir(const std::vector<protocol::RegionInfo>* table);
+  void CheckpointLoop();
+  void StopCheckpoints();
   void OnPullComplete();
   absl::Status AttachLocalSource();
 
   const Options options_;
+  UniqueFd store_lock_;     // flock on the store directory while we live
+  uint64_t source_id_ = 0;  // SourceId of the region table; 0 without a source
   // Member order is teardown order in reverse: the puller goes before the
   // fetcher it uses, both before the regions they write into.
   mutable absl::Mutex mu_;
@@ -102,6 +122,9 @@ class Engine : public ControlHandler {
   // Reads regions through the source: stopped before it (in Shutdown).
   RegionHasher hasher_;
   std::unique_ptr<ForensicViews> views_;
+  absl::Mutex checkpoint_mu_;
+  bool checkpoint_stop_ ABSL_GUARDED_BY(checkpoint_mu_) = false;
+  std::thread checkpoint_thread_;
   absl::Mutex unmount_mu_;
   absl::AnyInvocable<absl::Status()> unmount_ ABSL_GUARDED_BY(unmount_mu_);
 };

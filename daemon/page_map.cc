@@ -25,6 +25,18 @@ absl::StatusOr<PageMap> PageMap::Create(uint64_t pages, uint64_t capacity_pages,
   return PageMap(static_cast<std::atomic<uint8_t>*>(p), pages, capacity_pages, base);
 }
 
+absl::StatusOr<PageMap> PageMap::CreateInFile(int fd, uint64_t offset, uint64_t pages,
+                                              uint64_t capacity_pages, PageState base) {
+  if (capacity_pages < pages) capacity_pages = pages;
+  const uint64_t bytes = capacity_pages == 0 ? 1 : capacity_pages;
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd,
+                 static_cast<off_t>(offset));
+  if (p == MAP_FAILED) {
+    return ErrnoStatus(errno, absl::StrCat("mapping the page states of ", pages, " pages"));
+  }
+  return PageMap(static_cast<std::atomic<uint8_t>*>(p), pages, capacity_pages, base);
+}
+
 PageMap::PageMap(std::atomic<uint8_t>* states, uint64_t pages, uint64_t capacity, PageState base)
     : states_(states), size_(pages), capacity_(capacity), base_(base) {
   counts_[static_cast<int>(base)].store(pages, std::memory_order_relaxed);
@@ -73,6 +85,46 @@ void PageMap::InitRange(uint64_t first, uint64_t count, PageState to) {
   std::memset(reinterpret_cast<uint8_t*>(states_) + first, Encode(to), count);
   counts_[static_cast<int>(base_)].fetch_sub(count, std::memory_order_relaxed);
   counts_[static_cast<int>(to)].fetch_add(count, std::memory_order_relaxed);
+}
+
+void PageMap::Recover(uint64_t first, uint64_t count) {
+  const uint8_t absent = Encode(PageState::kAbsent);
+  const uint8_t fetching = Encode(PageState::kFetching);
+  const uint8_t pulling = Encode(PageState::kPulling);
+  uint64_t found[kNumPageStates + 1] = {};
+  auto* bytes = reinterpret_cast<uint8_t*>(states_);
+  uint64_t p = first;
+  const uint64_t end = first + count;
+  using Word = uint64_t __attribute__((may_alias));
+  for (; p < end;) {
+    // Most of a loaded map is the base state (0): skip it a word at a time.
+    if ((p & 7) == 0 && p + 8 <= end && *reinterpret_cast<const Word*>(bytes + p) == 0) {
+      p += 8;
+      continue;
+    }
+    uint8_t raw = bytes[p];
+    if (raw != 0) {
+      if (raw == fetching || raw == pulling) {
+        raw = absent;
+        bytes[p] = raw;
+      }
+      if (raw != 0) {
+        // A byte no state encodes (a damaged file) counts as absent: it
+        // will be fetched again, never served as local.
+        if (raw > kNumPageStates) {
+          raw = absent;
+          bytes[p] = raw;
+        }
+        if (raw != 0) ++found[raw - 1];
+      }
+    }
+    ++p;
+  }
+  for (int s = 0; s < kNumPageStates; ++s) {
+    if (found[s] == 0) continue;
+    counts_[static_cast<int>(base_)].fetch_sub(found[s], std::memory_order_relaxed);
+    counts_[s].fetch_add(found[s], std::memory_order_relaxed);
+  }
 }
 
 absl::Status PageMap::Resize(uint64_t pages) {

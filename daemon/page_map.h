@@ -1,8 +1,10 @@
 // PageMap: the state of every 4 KiB page of one region, one byte per page.
 //
 // The bytes live in an anonymous MAP_NORESERVE mapping sized for the
-// region's capacity; a page whose state is the map's `base` state is stored
-// as 0, so an untouched 1 TiB map costs address space, not memory.
+// region's capacity, or in a shared mapping of a state file (--store DIR,
+// see StateFile); a page whose state is the map's `base` state is stored as
+// 0, so an untouched 1 TiB map costs address space, not memory (nor disk:
+// the state file stays sparse).
 // Counters per state are kept exact under concurrent transitions.
 //
 // Thread-safety: every method may be called from any thread. Transitions are
@@ -38,6 +40,13 @@ class PageMap {
   // A map of `pages` pages, all in state `base`, able to grow to
   // `capacity_pages` (>= pages) without moving.
   static absl::StatusOr<PageMap> Create(uint64_t pages, uint64_t capacity_pages, PageState base);
+  // The same, with the bytes in `fd` at `offset` (page-aligned), mapped
+  // MAP_SHARED: every transition is a store into the file's page cache, so
+  // it outlives the process. The file must hold at least capacity bytes
+  // past `offset`. The map starts with every page counted in `base`
+  // whatever the file holds; call Recover for pages that may not be.
+  static absl::StatusOr<PageMap> CreateInFile(int fd, uint64_t offset, uint64_t pages,
+                                              uint64_t capacity_pages, PageState base);
 
   PageMap(PageMap&& other) noexcept;
   PageMap& operator=(PageMap&& other) noexcept;
@@ -61,6 +70,12 @@ class PageMap {
   // Sets [first, first+count), all still in the base state, to `to`:
   // one memset, for building a map. Not safe against concurrent use.
   void InitRange(uint64_t first, uint64_t count, PageState to);
+
+  // For a map loaded from a file: counts the pages of [first, first+count)
+  // (< size()) in whatever state the file holds, and returns the ones left
+  // kFetching or kPulling by a daemon that died to kAbsent. Not safe
+  // against concurrent use.
+  void Recover(uint64_t first, uint64_t count);
 
   // Grows or shrinks the map. New pages start in the base state; pages cut
   // off are reset to it. Callers serialise Resize against transitions of

@@ -31,7 +31,34 @@ absl::StatusOr<std::unique_ptr<Region>> Region::Create(Options options,
                                                        std::unique_ptr<Store> store) {
   const uint64_t pages = PagesFor(options.size);
   const bool sourced = options.source != nullptr;
-  const uint64_t capacity = sourced ? pages : PagesFor(std::max(options.max_size, options.size));
+  uint64_t capacity = sourced ? pages : PagesFor(std::max(options.max_size, options.size));
+  StateFile* state = options.state.get();
+  if (state != nullptr) {
+    // The file's room is fixed when it is created.
+    if (state->identity().capacity_pages < pages) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("state file of region ", options.name, " is too small"));
+    }
+    capacity = state->identity().capacity_pages;
+    options.max_size = std::min(options.max_size, capacity * kPageSize);
+  }
+  if (state != nullptr && state->restored()) {
+    absl::StatusOr<PageMap> map = state->MapPages(pages, state->base());
+    if (!map.ok()) return map.status();
+    state->Recover(&*map);
+    if (absl::Status s = state->Commit(state->base()); !s.ok()) return s;
+    auto region =
+        std::unique_ptr<Region>(new Region(std::move(options), std::move(store), *std::move(map)));
+    region->pages_restored_ = region->map_.LocalCount();
+    return region;
+  }
+  absl::StatusOr<PageMap> map = NewMap(options, pages, capacity);
+  if (!map.ok()) return map.status();
+  return std::unique_ptr<Region>(new Region(std::move(options), std::move(store), *std::move(map)));
+}
+
+absl::StatusOr<PageMap> Region::NewMap(const Options& options, uint64_t pages, uint64_t capacity) {
+  const bool sourced = options.source != nullptr;
   uint64_t zero_pages = 0;
   uint64_t next = 0;  // extents must be sorted and disjoint
   for (const protocol::ZeroExtent& e : options.zero_extents) {
@@ -45,8 +72,9 @@ absl::StatusOr<std::unique_ptr<Region>> Region::Create(Options options,
   // image (a 1 TiB region that is almost all holes) takes zero as its base
   // and marks only its data ranges absent.
   const bool zero_base = !sourced || zero_pages > pages / 2;
-  absl::StatusOr<PageMap> map =
-      PageMap::Create(pages, capacity, zero_base ? PageState::kZero : PageState::kAbsent);
+  const PageState base = zero_base ? PageState::kZero : PageState::kAbsent;
+  absl::StatusOr<PageMap> map = options.state != nullptr ? options.state->MapPages(pages, base)
+                                                         : PageMap::Create(pages, capacity, base);
   if (!map.ok()) return map.status();
   if (sourced) {
     uint64_t at = 0;
@@ -60,7 +88,12 @@ absl::StatusOr<std::unique_ptr<Region>> Region::Create(Options options,
     }
     if (zero_base) map->InitRange(at, pages - at, PageState::kAbsent);
   }
-  return std::unique_ptr<Region>(new Region(std::move(options), std::move(store), *std::move(map)));
+  // Named only once complete: a daemon killed before this leaves no state
+  // file, and the next one starts afresh.
+  if (options.state != nullptr) {
+    if (absl::Status s = options.state->Commit(base); !s.ok()) return s;
+  }
+  return map;
 }
 
 Region::Region(Options options, std::unique_ptr<Store> store, PageMap map)
@@ -70,6 +103,7 @@ Region::Region(Options options, std::unique_ptr<Store> store, PageMap map)
       max_size_(options.max_size),
       size_(options.size),
       store_(std::move(store)),
+      state_(std::move(options.state)),
       map_(std::move(map)) {}
 
 bool Region::IsLocal(uint64_t offset, uint64_t length) const {
@@ -293,12 +327,26 @@ absl::Status Region::Resize(uint64_t new_size) {
       return s;
     }
     if (absl::Status s = map_.Resize(pages); !s.ok()) return s;
-    return store_->Resize(pages * kPageSize);
+    if (absl::Status s = store_->Resize(pages * kPageSize); !s.ok()) return s;
+    return state_ != nullptr ? state_->SetSize(new_size) : absl::OkStatus();
   }
   if (absl::Status s = store_->Resize(pages * kPageSize); !s.ok()) return s;
   if (absl::Status s = map_.Resize(pages); !s.ok()) return s;
   size_.store(new_size, std::memory_order_release);
-  return absl::OkStatus();
+  return state_ != nullptr ? state_->SetSize(new_size) : absl::OkStatus();
+}
+
+absl::Status Region::Sync() {
+  if (state_ == nullptr) return absl::OkStatus();
+  // Data before states: a state synced as local must find its bytes synced.
+  if (absl::Status s = store_->Sync(); !s.ok()) return s;
+  return state_->Sync();
+}
+
+absl::Status Region::Close() {
+  if (state_ == nullptr) return absl::OkStatus();
+  if (absl::Status s = Sync(); !s.ok()) return s;
+  return state_->MarkClean();
 }
 
 void Region::Write(uint64_t offset, std::span<const uint8_t> data, Done done) {

@@ -32,6 +32,7 @@
 #include "daemon/page_map.h"
 #include "daemon/page_source.h"
 #include "daemon/protocol.h"
+#include "daemon/state_file.h"
 #include "daemon/store.h"
 
 namespace lazyram {
@@ -64,6 +65,10 @@ class Region {
     PageSource* source = nullptr;
     std::vector<protocol::ZeroExtent> zero_extents;  // known zero at start
     uint64_t max_size = 0;
+    // --store DIR: the page states live in this file (and survive the
+    // daemon). A restored file brings its states; zero_extents are then
+    // not used.
+    std::unique_ptr<StateFile> state;
   };
 
   static absl::StatusOr<std::unique_ptr<Region>> Create(Options options,
@@ -115,6 +120,15 @@ class Region {
   bool complete() const;
   RegionStats Stats() const;
 
+  // With a state file: makes the store's bytes, then the page states,
+  // durable (a checkpoint). Without: nothing to do.
+  absl::Status Sync();
+  // Sync, then durably marks the state file clean. Only once nothing
+  // changes the region any more (after unmount and Engine::Shutdown).
+  absl::Status Close();
+  // Pages whose states came from a state file as local at start.
+  uint64_t pages_restored() const { return pages_restored_; }
+
  private:
   struct Waiter;
   struct Run {
@@ -125,6 +139,8 @@ class Region {
   static constexpr int kStripeShift = 9;  // pages per stripe = 2 MiB
 
   Region(Options options, std::unique_ptr<Store> store, PageMap map);
+  // The map of a new region: its base state chosen, zero extents marked.
+  static absl::StatusOr<PageMap> NewMap(const Options& options, uint64_t pages, uint64_t capacity);
 
   // `fault`: a consumer waits; counted in demand_fetches and the latency
   // histogram, and remembered as the puller's hint.
@@ -153,7 +169,9 @@ class Region {
   const uint64_t max_size_;
   std::atomic<uint64_t> size_;
   std::unique_ptr<Store> store_;
-  PageMap map_;
+  std::unique_ptr<StateFile> state_;  // null without --store DIR
+  PageMap map_;                       // in state_'s file when there is one
+  uint64_t pages_restored_ = 0;
 
   // Lock order: resize_mu_ -> stripes_ (ascending) -> waiters_mu_.
   // A stripe lock orders a store write with the state change it makes, so

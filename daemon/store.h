@@ -28,6 +28,8 @@ class Store {
   // Sets the size; bytes past the old size read as zero.
   virtual absl::Status Resize(uint64_t size) = 0;
   virtual uint64_t Size() const = 0;
+  // Makes every completed write durable (a no-op for memory stores).
+  virtual absl::Status Sync() { return absl::OkStatus(); }
   // A descriptor whose bytes are the store's, for zero-copy replies
   // (splice), or -1 if the store has none.
   virtual int fd() const = 0;

@@ -28,6 +28,7 @@ struct MountOptions {
   std::optional<std::string> machine;  // "pc" or "q35"
   bool foreground = false;
   bool allow_other = false;
+  double checkpoint_interval = 30;  // seconds; 0: only at a clean shutdown
 };
 
 // Both return the process exit code; errors are printed as one line.

@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
   mount_cmd
       ->add_option("--store", mount.store,
                    "Where local pages live: mem (a memfd per region) or a DIRECTORY (a sparse file "
-                   "per region)")
+                   "per region, with page states that survive the daemon: a new mount of the "
+                   "same source resumes; see docs/store.md)")
       ->capture_default_str();
   mount_cmd->add_option("--control", mount.control,
                         "Control socket path (default /run/lazyram/<mountpoint name>.sock)");
@@ -57,6 +58,13 @@ int main(int argc, char** argv) {
                    "pc or q35: the guest's memory layout, for the views/ folder (default: the "
                    "machine a qemu-stream records)")
       ->check(CLI::IsMember({"pc", "q35"}));
+  mount_cmd
+      ->add_option("--checkpoint-interval", mount.checkpoint_interval,
+                   "With --store DIR: every SECONDS, make the store's pages and page states "
+                   "durable (fdatasync); 0: only at a clean shutdown. Page states survive a "
+                   "killed daemon without it; see docs/store.md")
+      ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
   mount_cmd->add_flag("--foreground", mount.foreground, "Stay attached; unmount on SIGINT/SIGTERM");
   mount_cmd->add_flag("--allow-other", mount.allow_other, "Let other users access the mount");
 

@@ -84,6 +84,7 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
                                 ? options.prefetch == "on"
                                 : false;
   engine_options.read_only = options.read_only;
+  engine_options.checkpoint_interval = absl::Seconds(options.checkpoint_interval);
   if (options.machine.has_value()) {
     engine_options.machine = *GuestLayout::ParseMachine(*options.machine);  // checked by main.cc
   }
@@ -137,6 +138,12 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
   pthread_kill(signal_thread.native_handle(), SIGUSR1);
   signal_thread.join();
   (*engine)->Shutdown();
+  // Every WRITE the unmount flushed has been answered (the FUSE loop has
+  // ended): now make the store durable and mark it clean.
+  if (absl::Status s = (*engine)->CloseStore(); !s.ok()) {
+    LogError("store not marked clean: %s", s.message());
+    if (status.ok()) status = s;
+  }
   control->reset();
   fs->reset();
   engine->reset();
