@@ -326,7 +326,10 @@ absl::Status Engine::CloseStore() {
   for (size_t i = 0; i < n; ++i) {
     if (absl::Status s = region(i)->Close(); !s.ok() && result.ok()) result = s;
   }
-  if (result.ok()) LogInfo("store %s is synced and marked clean", options_.store_dir);
+  if (!result.ok()) return result;
+  LogInfo("store %s is synced and marked clean", options_.store_dir);
+  // Nothing writes to it any more: the next mount may take it at once.
+  store_lock_.reset();
   return result;
 }
 

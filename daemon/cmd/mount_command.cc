@@ -14,9 +14,11 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "daemon/cmd/commands.h"
 #include "daemon/engine.h"
 #include "daemon/log.h"
@@ -109,7 +111,18 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
     return 1;
   }
   fusefs::Filesystem* filesystem = fs->get();
-  (*engine)->SetUnmountHandler([filesystem] { return filesystem->Unmount(/*lazy=*/false); });
+  // `lazyramctl unmount` is answered once the store is durable and marked
+  // clean (or that failed), so that its caller may mount the same store next.
+  struct Closed {
+    absl::Notification done;
+    absl::Status status;
+  };
+  auto closed = std::make_shared<Closed>();
+  (*engine)->SetUnmountHandler([filesystem, closed] {
+    if (absl::Status s = filesystem->Unmount(/*lazy=*/false); !s.ok()) return s;
+    closed->done.WaitForNotification();
+    return closed->status;
+  });
 
   std::atomic<bool> finished{false};
   std::thread signal_thread([filesystem, signals, &finished] {
@@ -140,10 +153,12 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
   (*engine)->Shutdown();
   // Every WRITE the unmount flushed has been answered (the FUSE loop has
   // ended): now make the store durable and mark it clean.
-  if (absl::Status s = (*engine)->CloseStore(); !s.ok()) {
-    LogError("store not marked clean: %s", s.message());
-    if (status.ok()) status = s;
+  closed->status = (*engine)->CloseStore();
+  if (!closed->status.ok()) {
+    LogError("store not marked clean: %s", closed->status.message());
+    if (status.ok()) status = closed->status;
   }
+  closed->done.Notify();
   control->reset();
   fs->reset();
   engine->reset();
