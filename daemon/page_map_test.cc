@@ -1,6 +1,7 @@
 #include "daemon/page_map.h"
 
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -353,6 +354,58 @@ TEST(PageMapTest, FindNextRacesTransitions) {
   claimer.join();
   EXPECT_EQ(map.FindNext(0, PageState::kAbsent), kPages);
   EXPECT_EQ(map.Count(PageState::kPulling), kPages);
+}
+
+// A map in a file keeps its states for the next map of the same file; the
+// new map counts them with Recover and returns in-flight pages to absent.
+TEST(PageMapTest, FileBackedMapSurvivesAndRecovers) {
+  for (PageState base : {PageState::kAbsent, PageState::kZero}) {
+    const int fd = memfd_create("page_map_test", MFD_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    constexpr uint64_t kOffset = 4096, kPages = 5000;
+    ASSERT_EQ(ftruncate(fd, kOffset + kPages), 0);
+    {
+      absl::StatusOr<PageMap> map = PageMap::CreateInFile(fd, kOffset, kPages, kPages, base);
+      ASSERT_TRUE(map.ok()) << map.status();
+      map->Set(1, PageState::kPresent);
+      map->Set(9, PageState::kDirty);
+      map->Set(10, PageState::kFetching);
+      map->Set(4000, PageState::kPulling);
+      map->Set(4999, PageState::kZero);
+      map->Set(17, PageState::kAbsent);
+    }
+    absl::StatusOr<PageMap> map = PageMap::CreateInFile(fd, kOffset, kPages, kPages, base);
+    ASSERT_TRUE(map.ok()) << map.status();
+    map->Recover(0, kPages);
+    ExpectCountsMatch(*map);
+    EXPECT_EQ(map->Get(1), PageState::kPresent);
+    EXPECT_EQ(map->Get(9), PageState::kDirty);
+    EXPECT_EQ(map->Get(10), PageState::kAbsent);
+    EXPECT_EQ(map->Get(4000), PageState::kAbsent);
+    EXPECT_EQ(map->Get(4999), PageState::kZero);
+    EXPECT_EQ(map->Get(17), PageState::kAbsent);
+    EXPECT_EQ(map->Get(2), base);
+    EXPECT_EQ(map->Count(PageState::kPresent), 1u);
+    EXPECT_EQ(map->Count(PageState::kDirty), 1u);
+    close(fd);
+  }
+}
+
+// A byte no state encodes (a damaged file) is never served as local.
+TEST(PageMapTest, RecoverTreatsUnknownBytesAsAbsent) {
+  const int fd = memfd_create("page_map_test", MFD_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 64), 0);
+  const uint8_t junk[] = {0, 0xff, 7, 4};
+  ASSERT_EQ(pwrite(fd, junk, sizeof junk, 0), static_cast<ssize_t>(sizeof junk));
+  absl::StatusOr<PageMap> map = PageMap::CreateInFile(fd, 0, 64, 64, PageState::kZero);
+  ASSERT_TRUE(map.ok()) << map.status();
+  map->Recover(0, 64);
+  ExpectCountsMatch(*map);
+  EXPECT_EQ(map->Get(1), PageState::kAbsent);
+  EXPECT_EQ(map->Get(2), PageState::kAbsent);
+  EXPECT_EQ(map->Get(3), PageState::kPresent);
+  close(fd);
 }
 
 }  // namespace
