@@ -231,6 +231,13 @@ absl::Status Engine::OpenStoreDir(const std::vector<protocol::RegionInfo>* table
     for (const std::string& name : names) {
       if (std::none_of(table->begin(), table->end(),
                        [&](const protocol::RegionInfo& r) { return r.name == name; })) {
+        // Say so when the store is a mount's without a source.
+        absl::StatusOr<std::unique_ptr<StateFile>> state = StateFile::Open(dir, name);
+        if (state.ok() && !(*state)->identity().has_source) {
+          StateFile::Identity want = (*state)->identity();
+          want.has_source = true;
+          return CheckSameSource((*state)->identity(), want, dir);
+        }
         return absl::FailedPreconditionError(absl::StrCat(
             "store directory ", dir, " holds region '", name,
             "', which this source does not have: it belongs to another source; use another "
