@@ -305,6 +305,54 @@ TEST_F(StoreResume, SigtermWritesBackAndLeavesTheStoreClean) {
   EXPECT_EQ(CleanFlag("mem0"), 1);
 }
 
+// SIGTERM while a consumer still has the file mapped with dirty pages: the
+// daemon detaches the mount and serves until the consumer is gone; the
+// kernel writes the pages back when the last user leaves, and only then is
+// the store marked clean.
+TEST_F(StoreResume, SigtermWhileMappedWritesBackWhenTheLastUserLeaves) {
+  const std::vector<Patch> patches = {
+      MakePatch(40 * kPage, 8 * kPage, 31, /*via_mmap=*/true),
+      MakePatch(4000 * kPage + 99, 500, 32, /*via_mmap=*/true),
+  };
+  auto a = Mount();
+  ASSERT_NE(a, nullptr);
+  const std::string file = a->File("mem0");
+  StepPipe step;
+  auto consumer = ChildProcess::Start([&]() -> int {
+    int fd = open(file.c_str(), O_RDWR);
+    if (fd < 0) return Fail("open");
+    void* m = mmap(nullptr, kImageSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) return Fail("mmap");
+    close(fd);
+    for (const Patch& p : patches) {
+      std::memcpy(static_cast<uint8_t*>(m) + p.offset, p.bytes.data(), p.bytes.size());
+    }
+    step.SendUp('w');
+    char c;
+    if (!step.ReceiveDown(&c)) return 2;
+    return 0;  // exits with the pages still dirty and mapped: no msync
+  });
+  char c;
+  ASSERT_TRUE(step.ReceiveUp(&c));
+  ASSERT_EQ(kill(a->pid(), SIGTERM), 0);
+  // Detached, not gone: it serves its last user.
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(CleanFlag("mem0"), 0);
+  ASSERT_TRUE(step.SendDown('x'));
+  EXPECT_EQ(consumer->Wait(), 0);
+  EXPECT_EQ(a->Wait(absl::Seconds(60)), 0) << a->log();
+  EXPECT_EQ(CleanFlag("mem0"), 1);
+  a.reset();
+
+  auto b = Mount();
+  ASSERT_NE(b, nullptr);
+  EXPECT_GE(Field(Region(*b), "pages_dirty"), 9u);
+  const std::vector<uint8_t> want = Apply(image_, patches);
+  const std::string file_b = b->File("mem0");
+  ASSERT_EQ(RunInChild([&] { return CompareAll(file_b, want); }), 0);
+  EXPECT_EQ(b->Unmount(), 0) << b->log();
+}
+
 // Kill and remount several times during a background pull of a larger
 // image (with a write in between): each restart keeps what the previous
 // one had made local, and the final content verifies.
