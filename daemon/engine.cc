@@ -202,6 +202,11 @@ absl::StatusOr<std::unique_ptr<Region>> Engine::BuildRegion(Region::Options ro) 
     if (!state.ok()) return state.status();
     ro.state = *std::move(state);
   }
+  if (ro.state->restored() && access(absl::StrCat(dir, "/", ro.name).c_str(), F_OK) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("store directory ", dir, " has page states for region '", ro.name,
+                     "' but not its data file; empty the directory to start over"));
+  }
   absl::StatusOr<std::unique_ptr<DirectFileStore>> store =
       ro.state->restored() ? DirectFileStore::Open(dir, ro.name, bytes)
                            : DirectFileStore::Create(dir, ro.name, bytes);
