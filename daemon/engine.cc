@@ -224,6 +224,7 @@ absl::StatusOr<std::unique_ptr<Region>> Engine::BuildRegion(Region::Options ro) 
 
 absl::Status Engine::OpenStoreDir(const std::vector<protocol::RegionInfo>* table) {
   const std::string& dir = options_.store_dir;
+  if (dir.empty()) return absl::OkStatus();
   std::vector<std::string> names;
   std::error_code ec;
   for (const auto& entry :
