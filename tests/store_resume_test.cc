@@ -155,6 +155,7 @@ class StoreResume : public ::testing::Test {
 
   // SIGKILL of the daemon by pid; the dead mount is detached and aborted.
   static void Kill(std::unique_ptr<MountProcess>& m) {
+    ASSERT_NE(m, nullptr);
     const std::string mountpoint = m->mountpoint();
     ASSERT_EQ(kill(m->pid(), SIGKILL), 0);
     EXPECT_EQ(m->Wait(absl::Seconds(30)), -1);  // died of the signal
@@ -406,6 +407,60 @@ TEST_F(StoreResume, KillRemountLoopDuringPull) {
   const std::string file = m->File("mem0");
   ASSERT_EQ(RunInChild([&] { return CompareAll(file, want); }), 0);
   EXPECT_EQ(m->Unmount(), 0) << m->log();
+}
+
+// A 1 TiB sparse region: its state file stays sparse, and a mount that
+// resumes it after a SIGKILL is ready about as fast as a fresh one.
+TEST_F(StoreResume, HugeSparseRegionResumesQuickly) {
+  constexpr uint64_t kHuge = uint64_t{1} << 40, kDataAt = uint64_t{300} << 30;
+  const std::string huge_path = dir_.Sub("huge");
+  std::vector<uint8_t> data(4 * kMiB);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 31 + (i >> 12) + 1);
+  {
+    int fd = open(huge_path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(ftruncate(fd, static_cast<off_t>(kHuge)), 0);
+    ASSERT_EQ(pwrite(fd, data.data(), data.size(), static_cast<off_t>(kDataAt)),
+              static_cast<ssize_t>(data.size()));
+    close(fd);
+  }
+  auto server = PageServerProcess::Start({"huge=" + huge_path});
+  ASSERT_TRUE(server.ok()) << server.status();
+  MountProcess::Options o;
+  o.source = (*server)->url();
+  o.store = store_;
+  absl::Time start = absl::Now();
+  absl::StatusOr<std::unique_ptr<MountProcess>> a = MountProcess::Start(dir_, o);
+  ASSERT_TRUE(a.ok()) << a.status();
+  const absl::Duration fresh = absl::Now() - start;
+  RunResult r = (*a)->Ctl({"prefetch", "huge", std::to_string(kDataAt), std::to_string(kMiB)});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Kill(*a);
+
+  start = absl::Now();
+  absl::StatusOr<std::unique_ptr<MountProcess>> b = MountProcess::Start(dir_, o);
+  ASSERT_TRUE(b.ok()) << b.status();
+  const absl::Duration resumed = absl::Now() - start;
+  std::printf("1 TiB region ready: fresh %s, resumed %s\n", absl::FormatDuration(fresh).c_str(),
+              absl::FormatDuration(resumed).c_str());
+  EXPECT_LT(resumed, absl::Seconds(5));  // about 20 ms on an idle machine
+  absl::StatusOr<json> s = (*b)->RegionStatus("huge");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(Field(*s, "pages_present"), kMiB / kPage);
+  EXPECT_EQ(Field(*s, "bytes_fetched"), 0u);
+  const std::string file = (*b)->File("huge");
+  ASSERT_EQ(RunInChild([&] { return CompareRange(file, kDataAt, data.data(), kMiB / 2); }), 0);
+  ASSERT_EQ(RunInChild([&] {
+              return CompareRange(file, kDataAt + kMiB, data.data() + kMiB, data.size() - kMiB);
+            }),
+            0);
+  s = (*b)->RegionStatus("huge");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_LE(Field(*s, "bytes_fetched"), data.size() - kMiB);
+  struct stat st;
+  ASSERT_EQ(stat((store_ + "/.lazyram-state/huge.state").c_str(), &st), 0);
+  EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, 4 * kMiB);
+  EXPECT_EQ((*b)->Unmount(), 0);
 }
 
 TEST_F(StoreResume, StoreOfAnotherSourceIsRefused) {
