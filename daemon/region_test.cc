@@ -5,16 +5,20 @@
 #include <algorithm>
 #include <atomic>
 #include <deque>
+#include <filesystem>
 #include <optional>
 #include <random>
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "daemon/direct_file_store.h"
 #include "daemon/fd_store.h"
+#include "daemon/state_file.h"
 
 namespace lazyram {
 namespace {
@@ -1224,6 +1228,85 @@ TEST_F(RegionTest, ConcurrentStress) {
   RegionStats s = region_->Stats();
   EXPECT_EQ(s.pages_present + s.pages_zero, kPages);
   EXPECT_TRUE(s.complete);
+}
+
+// With a state file, what landed and what was written outlives the Region
+// (as it outlives a killed daemon); a fetch still in flight does not.
+TEST(RegionStateFileTest, LocalPagesSurviveTheRegion) {
+  std::string dir = "/tmp/lazyram-region-state-XXXXXX";
+  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  absl::Cleanup remove = [&] { std::filesystem::remove_all(dir); };
+  absl::StatusOr<UniqueFd> lock = StateFile::LockStore(dir);
+  ASSERT_TRUE(lock.ok()) << lock.status();
+  constexpr uint64_t kPages = 64;
+  const StateFile::Identity id{"ram", kPages * kPageSize, kPages, true, 77, kRegionIndex};
+  auto open_region = [&](FakeSource* source, bool fresh) -> std::unique_ptr<Region> {
+    absl::StatusOr<std::unique_ptr<StateFile>> state =
+        fresh ? StateFile::Create(dir, id) : StateFile::Open(dir, "ram");
+    EXPECT_TRUE(state.ok()) << state.status();
+    absl::StatusOr<std::unique_ptr<DirectFileStore>> store =
+        fresh ? DirectFileStore::Create(dir, "ram", id.size)
+              : DirectFileStore::Open(dir, "ram", id.size);
+    EXPECT_TRUE(store.ok()) << store.status();
+    if (!state.ok() || !store.ok()) return nullptr;
+    Region::Options options;
+    options.name = "ram";
+    options.index = kRegionIndex;
+    options.size = id.size;
+    options.source = source;
+    options.max_size = id.size;
+    options.state = *std::move(state);
+    absl::StatusOr<std::unique_ptr<Region>> region =
+        Region::Create(std::move(options), *std::move(store));
+    EXPECT_TRUE(region.ok()) << region.status();
+    return region.ok() ? *std::move(region) : nullptr;
+  };
+  const std::vector<uint8_t> written = Filled(kPageSize, 0xAB);
+  {
+    FakeSource source(MakeImage(kPages, {5}));
+    std::unique_ptr<Region> region = open_region(&source, true);
+    ASSERT_NE(region, nullptr);
+    DoneRecorder fetched, wrote, in_flight;
+    region->EnsureLocal(0, 10 * kPageSize, Priority::kDemand, fetched.Callback());
+    source.CompleteAll();
+    ASSERT_TRUE(fetched.WaitFor(absl::Seconds(10)));
+    region->Write(20 * kPageSize, written, wrote.Callback());
+    ASSERT_TRUE(wrote.WaitFor(absl::Seconds(10)));
+    ASSERT_TRUE(wrote.status().ok()) << wrote.status();
+    region->EnsureLocal(30 * kPageSize, kPageSize, Priority::kDemand, in_flight.Callback());
+    ASSERT_EQ(source.pending(), 1u);
+    // Gone without Close or a reply for page 30: as if killed.
+    source.Take();
+  }
+  FakeSource source(MakeImage(kPages, {5}));
+  std::unique_ptr<Region> region = open_region(&source, false);
+  ASSERT_NE(region, nullptr);
+  EXPECT_EQ(region->pages_restored(), 11u);
+  EXPECT_TRUE(region->IsLocal(0, 10 * kPageSize));
+  EXPECT_TRUE(region->IsLocal(20 * kPageSize, kPageSize));
+  EXPECT_FALSE(region->IsLocal(30 * kPageSize, kPageSize));
+  RegionStats stats = region->Stats();
+  EXPECT_EQ(stats.pages_dirty, 1u);
+  EXPECT_EQ(stats.pages_zero, 1u);  // page 5
+  std::vector<uint8_t> got(kPageSize);
+  ASSERT_TRUE(region->store().Read(20 * kPageSize, std::span(got)).ok());
+  EXPECT_EQ(got, written);
+  ASSERT_TRUE(region->store().Read(3 * kPageSize, std::span(got)).ok());
+  EXPECT_EQ(got, Slice(source.image(), 3 * kPageSize, kPageSize));
+  DoneRecorder again;
+  region->EnsureLocal(0, 10 * kPageSize, Priority::kDemand, again.Callback());
+  EXPECT_TRUE(again.called());
+  EXPECT_EQ(source.fetches(), 0u);
+  DoneRecorder refetch;
+  region->EnsureLocal(30 * kPageSize, kPageSize, Priority::kDemand, refetch.Callback());
+  EXPECT_TRUE(source.Fetched(30));
+  source.CompleteAll();
+  ASSERT_TRUE(refetch.WaitFor(absl::Seconds(10)));
+  ASSERT_TRUE(region->Close().ok());
+  region.reset();
+  absl::StatusOr<std::unique_ptr<StateFile>> state = StateFile::Open(dir, "ram");
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_TRUE((*state)->was_clean());
 }
 
 }  // namespace
