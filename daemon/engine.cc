@@ -5,9 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <filesystem>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
@@ -20,6 +18,7 @@
 #include "daemon/page_server.h"
 #include "daemon/qemu_stream_index.h"
 #include "daemon/source_dialer.h"
+#include "daemon/store_dir.h"
 
 namespace lazyram {
 namespace {
@@ -42,9 +41,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Options options) {
   std::unique_ptr<Engine> engine(new Engine(std::move(options)));
   const Options& opts = engine->options_;
   if (!opts.store_dir.empty()) {
-    absl::StatusOr<UniqueFd> lock = StateFile::LockStore(opts.store_dir);
-    if (!lock.ok()) return lock.status();
-    engine->store_lock_ = *std::move(lock);
+    absl::StatusOr<std::unique_ptr<StoreDir>> store_dir = StoreDir::Open(opts.store_dir);
+    if (!store_dir.ok()) return store_dir.status();
+    engine->store_dir_ = *std::move(store_dir);
   }
   if (opts.local_source.has_value()) {
     if (absl::Status s = engine->AttachLocalSource(); !s.ok()) return s;
@@ -59,8 +58,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Options options) {
                                              opts.read_only});
   }
   if (!opts.source.has_value()) {
-    if (!opts.store_dir.empty()) {
-      if (absl::Status s = engine->OpenStoreDir(nullptr); !s.ok()) return s;
+    if (engine->store_dir_ != nullptr) {
+      if (absl::Status s = engine->RestoreSourcelessRegions(); !s.ok()) return s;
     }
     return engine;
   }
@@ -79,8 +78,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Options options) {
   if (!fetcher.ok()) return fetcher.status();
   engine->fetcher_ = *std::move(fetcher);
 
-  engine->source_id_ = SourceId(welcome.regions);
-  if (absl::Status s = engine->OpenStoreDir(&welcome.regions); !s.ok()) return s;
+  if (engine->store_dir_ != nullptr) {
+    if (absl::Status s = engine->store_dir_->CheckSource(welcome.regions); !s.ok()) return s;
+  }
   absl::MutexLock lock(&engine->mu_);
   for (size_t i = 0; i < welcome.regions.size(); ++i) {
     protocol::RegionInfo& info = welcome.regions[i];
@@ -121,8 +121,9 @@ absl::Status Engine::AttachLocalSource() {
   if (!source.ok()) return source.status();
   local_source_ = *std::move(source);
   const std::vector<protocol::RegionInfo>& infos = local_source_->locator().regions();
-  source_id_ = SourceId(infos);
-  if (absl::Status s = OpenStoreDir(&infos); !s.ok()) return s;
+  if (store_dir_ != nullptr) {
+    if (absl::Status s = store_dir_->CheckSource(infos); !s.ok()) return s;
+  }
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < infos.size(); ++i) {
     const protocol::RegionInfo& info = infos[i];
@@ -140,142 +141,35 @@ absl::Status Engine::AttachLocalSource() {
 
 Engine::~Engine() { Shutdown(); }
 
-namespace {
-
-// Why a store's state file cannot serve this mount, or OK.
-absl::Status CheckSameSource(const StateFile::Identity& have, const StateFile::Identity& want,
-                             absl::string_view dir) {
-  const std::string fix = "use another --store directory, or empty this one to start over";
-  if (have.has_source != want.has_source) {
-    return absl::FailedPreconditionError(
-        have.has_source
-            ? absl::StrCat("store directory ", dir, " was filled from a page source (region '",
-                           have.name, "'); mount it with that source, or ", fix)
-            : absl::StrCat("store directory ", dir,
-                           " holds the files of a mount without a source (region '", have.name,
-                           "'); mount it without --source, or ", fix));
-  }
-  if (have.size != want.size) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "store directory ", dir, " belongs to another source: region '", have.name, "' is ",
-        have.size, " bytes there and ", want.size, " bytes in this source; ", fix));
-  }
-  if (have.source_id != want.source_id || have.index != want.index ||
-      have.capacity_pages != want.capacity_pages) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "store directory ", dir, " belongs to another source: its region table (names, sizes, ",
-        "zero ranges) differs from this source's; ", fix));
-  }
-  return absl::OkStatus();
-}
-
-uint64_t PagesFor(uint64_t bytes) {
-  return (bytes + protocol::kPageSize - 1) / protocol::kPageSize;
-}
-
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<Region>> Engine::BuildRegion(Region::Options ro) {
-  const uint64_t bytes = PagesFor(ro.size) * protocol::kPageSize;
-  if (options_.store_dir.empty()) {
-    absl::StatusOr<std::unique_ptr<FdStore>> store = FdStore::CreateMemory(ro.name, bytes);
-    if (!store.ok()) return store.status();
-    return Region::Create(std::move(ro), *std::move(store));
+  std::unique_ptr<Store> store;
+  if (store_dir_ == nullptr) {
+    absl::StatusOr<std::unique_ptr<FdStore>> memory = FdStore::CreateMemory(
+        ro.name, (ro.size + protocol::kPageSize - 1) / protocol::kPageSize * protocol::kPageSize);
+    if (!memory.ok()) return memory.status();
+    store = *std::move(memory);
+  } else {
+    absl::StatusOr<std::unique_ptr<Store>> attached = store_dir_->Attach(&ro);
+    if (!attached.ok()) return attached.status();
+    store = *std::move(attached);
   }
-  const std::string& dir = options_.store_dir;
-  if (ro.name == StateFile::kDirName) {
-    return absl::InvalidArgumentError(absl::StrCat("a region named ", StateFile::kDirName,
-                                                   " cannot be kept in a --store directory"));
-  }
-  if (ro.state == nullptr) {
-    const bool sourced = ro.source != nullptr;
-    StateFile::Identity want{
-        ro.name, ro.size,    sourced ? PagesFor(ro.size) : PagesFor(std::max(ro.max_size, ro.size)),
-        sourced, source_id_, ro.index};
-    absl::StatusOr<std::unique_ptr<StateFile>> state = StateFile::Open(dir, ro.name);
-    if (state.ok()) {
-      if (absl::Status s = CheckSameSource((*state)->identity(), want, dir); !s.ok()) return s;
-      if (absl::Status s = (*state)->CheckUsable(dir); !s.ok()) return s;
-    } else if (absl::IsNotFound(state.status())) {
-      state = StateFile::Create(dir, want);
-    }
-    if (!state.ok()) return state.status();
-    ro.state = *std::move(state);
-  }
-  if (ro.state->restored() && access(absl::StrCat(dir, "/", ro.name).c_str(), F_OK) != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("store directory ", dir, " has page states for region '", ro.name,
-                     "' but not its data file; empty the directory to start over"));
-  }
-  absl::StatusOr<std::unique_ptr<DirectFileStore>> store =
-      ro.state->restored() ? DirectFileStore::Open(dir, ro.name, bytes)
-                           : DirectFileStore::Create(dir, ro.name, bytes);
-  if (!store.ok()) return store.status();
-  const bool restored = ro.state->restored();
-  const bool was_clean = ro.state->was_clean();
-  absl::StatusOr<std::unique_ptr<Region>> region = Region::Create(std::move(ro), *std::move(store));
+  const bool restored = ro.state != nullptr && ro.state->restored();
+  const bool was_clean = restored && ro.state->was_clean();
+  absl::StatusOr<std::unique_ptr<Region>> region = Region::Create(std::move(ro), std::move(store));
   if (region.ok() && restored) {
     LogInfo("region %s: %d of %d pages local from the store (%s)", (*region)->name(),
-            (*region)->pages_restored(), PagesFor((*region)->size()),
+            (*region)->pages_restored(), (*region)->Stats().pages_total,
             was_clean ? "shut down cleanly" : "not shut down cleanly; same boot");
   }
   return region;
 }
 
-absl::Status Engine::OpenStoreDir(const std::vector<protocol::RegionInfo>* table) {
-  const std::string& dir = options_.store_dir;
-  if (dir.empty()) return absl::OkStatus();
-  std::vector<std::string> names;
-  std::error_code ec;
-  for (const auto& entry :
-       std::filesystem::directory_iterator(absl::StrCat(dir, "/", StateFile::kDirName), ec)) {
-    const std::string file = entry.path().filename();
-    if (absl::EndsWith(file, ".state")) names.push_back(file.substr(0, file.size() - 6));
-  }
-  if (ec) return absl::InternalError(absl::StrCat("listing ", dir, ": ", ec.message()));
-  if (table != nullptr) {
-    for (const std::string& name : names) {
-      if (std::none_of(table->begin(), table->end(),
-                       [&](const protocol::RegionInfo& r) { return r.name == name; })) {
-        // Say so when the store is a mount's without a source.
-        absl::StatusOr<std::unique_ptr<StateFile>> state = StateFile::Open(dir, name);
-        if (state.ok() && !(*state)->identity().has_source) {
-          StateFile::Identity want = (*state)->identity();
-          want.has_source = true;
-          return CheckSameSource((*state)->identity(), want, dir);
-        }
-        return absl::FailedPreconditionError(absl::StrCat(
-            "store directory ", dir, " holds region '", name,
-            "', which this source does not have: it belongs to another source; use another "
-            "--store directory, or empty this one to start over"));
-      }
-    }
-    return absl::OkStatus();
-  }
-  // A mount without a source: every region the store holds comes back,
-  // in the order they were created.
-  std::vector<std::unique_ptr<StateFile>> files;
-  for (const std::string& name : names) {
-    absl::StatusOr<std::unique_ptr<StateFile>> state = StateFile::Open(dir, name);
-    if (!state.ok()) return state.status();
-    StateFile::Identity none = (*state)->identity();
-    none.has_source = false;
-    none.source_id = 0;
-    if (absl::Status s = CheckSameSource((*state)->identity(), none, dir); !s.ok()) return s;
-    if (absl::Status s = (*state)->CheckUsable(dir); !s.ok()) return s;
-    files.push_back(*std::move(state));
-  }
-  std::sort(files.begin(), files.end(),
-            [](const auto& a, const auto& b) { return a->identity().index < b->identity().index; });
+absl::Status Engine::RestoreSourcelessRegions() {
+  absl::StatusOr<std::vector<Region::Options>> kept =
+      store_dir_->SourcelessRegions(options_.max_region_size);
+  if (!kept.ok()) return kept.status();
   absl::MutexLock lock(&mu_);
-  for (std::unique_ptr<StateFile>& file : files) {
-    Region::Options ro{file->identity().name,
-                       static_cast<uint32_t>(regions_.size()),
-                       file->identity().size,
-                       nullptr,
-                       {},
-                       options_.max_region_size};
-    ro.state = std::move(file);
+  for (Region::Options& ro : *kept) {
     absl::StatusOr<std::unique_ptr<Region>> region = BuildRegion(std::move(ro));
     if (!region.ok()) return region.status();
     regions_.push_back(*std::move(region));
@@ -333,7 +227,7 @@ void Engine::StopCheckpoints() {
 
 absl::Status Engine::CloseStore() {
   StopCheckpoints();
-  if (options_.store_dir.empty()) return absl::OkStatus();
+  if (store_dir_ == nullptr) return absl::OkStatus();
   absl::Status result;
   const size_t n = region_count();
   for (size_t i = 0; i < n; ++i) {
@@ -342,7 +236,7 @@ absl::Status Engine::CloseStore() {
   if (!result.ok()) return result;
   LogInfo("store %s is synced and marked clean", options_.store_dir);
   // Nothing writes to it any more: the next mount may take it at once.
-  store_lock_.reset();
+  store_dir_->Unlock();
   return result;
 }
 

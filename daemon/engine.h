@@ -1,5 +1,6 @@
 // Engine: everything a mount serves, without the kernel side. It owns the
-// regions, their stores, the fetcher (when there is a source) and the
+// regions, their stores (with --store DIR also their state files, and the
+// store's lock; docs/store.md), the fetcher (when there is a source) and the
 // puller, and it answers the control socket. fusefs/ maps kernel requests
 // onto its regions; daemon/ knows nothing of libfuse.
 //
@@ -30,8 +31,7 @@
 #include "daemon/region.h"
 #include "daemon/region_hasher.h"
 #include "daemon/source_url.h"
-#include "daemon/state_file.h"
-#include "daemon/unique_fd.h"
+#include "daemon/store_dir.h"
 
 namespace lazyram {
 
@@ -62,7 +62,8 @@ class Engine : public ControlHandler {
   static absl::StatusOr<std::unique_ptr<Engine>> Create(Options options);
   ~Engine() override;
 
-  // Starts the background pull when prefetch is on and there is a source.
+  // Starts the background work: the pull when prefetch is on and there is
+  // a source, and with a store directory the periodic checkpoints.
   void StartPull();
   // Stops pulling and fetching; pending fetches fail. Idempotent.
   void Shutdown();
@@ -97,21 +98,18 @@ class Engine : public ControlHandler {
 
  private:
   explicit Engine(Options options) : options_(std::move(options)) {}
-  // A region with its store (and its state file with --store DIR, opened
-  // and checked against `ro` or created).
+  // A region with its store (with --store DIR also its state file,
+  // resumed or created: StoreDir::Attach).
   absl::StatusOr<std::unique_ptr<Region>> BuildRegion(Region::Options ro);
-  // --store DIR: refuses a store that belongs to another source (or to a
-  // mount without one, or the other way round), then for a mount without
-  // a source brings back the regions it holds.
-  absl::Status OpenStoreDir(const std::vector<protocol::RegionInfo>* table);
+  // A mount without a source on a store directory: the files it holds.
+  absl::Status RestoreSourcelessRegions();
   void CheckpointLoop();
   void StopCheckpoints();
   void OnPullComplete();
   absl::Status AttachLocalSource();
 
   const Options options_;
-  UniqueFd store_lock_;     // flock on the store directory while we live
-  uint64_t source_id_ = 0;  // SourceId of the region table; 0 without a source
+  std::unique_ptr<StoreDir> store_dir_;  // null with memory stores
   // Member order is teardown order in reverse: the puller goes before the
   // fetcher it uses, both before the regions they write into.
   mutable absl::Mutex mu_;
