@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "daemon/log.h"
 
 namespace lazyram {
 
@@ -247,6 +248,10 @@ std::vector<Region::Waiter*> Region::Publish(
     std::span<const std::pair<uint64_t, PageState>> changes) {
   std::vector<Waiter*> woken;
   absl::MutexLock lock(&waiters_mu_);
+  if (std::any_of(changes.begin(), changes.end(),
+                  [](const auto& c) { return lazyram::IsLocal(c.second); })) {
+    BeforeLocalChange();
+  }
   for (const auto& [page, state] : changes) {
     const PageState was = map_.Get(page);
     if (lazyram::IsLocal(was) && state == PageState::kAbsent) continue;
@@ -318,6 +323,10 @@ absl::Status Region::Resize(uint64_t new_size) {
   absl::MutexLock lock(&resize_mu_);
   const uint64_t old_size = size();
   if (new_size == old_size) return absl::OkStatus();
+  if (state_ != nullptr) {
+    absl::MutexLock waiters_lock(&waiters_mu_);
+    BeforeLocalChange();
+  }
   const uint64_t pages = PagesFor(new_size);
   if (new_size < old_size) {
     // Bytes cut off must read as zero if the region grows again.
@@ -336,17 +345,45 @@ absl::Status Region::Resize(uint64_t new_size) {
   return state_ != nullptr ? state_->SetSize(new_size) : absl::OkStatus();
 }
 
+void Region::BeforeLocalChange() {
+  ++local_changes_;
+  if (!marked_clean_) return;
+  // The state byte about to be stored may reach the disk at any time: the
+  // file must say "in use" on the disk first. Once per idle period.
+  marked_clean_ = false;
+  if (absl::Status s = state_->MarkInUse(); !s.ok()) {
+    LogError("region %s: %s; a power loss now could go unnoticed", name_, s.message());
+  }
+}
+
 absl::Status Region::Sync() {
   if (state_ == nullptr) return absl::OkStatus();
+  uint64_t before;
+  {
+    absl::MutexLock lock(&waiters_mu_);
+    before = local_changes_;
+  }
   // Data before states: a state synced as local must find its bytes synced.
   if (absl::Status s = store_->Sync(); !s.ok()) return s;
-  return state_->Sync();
+  if (absl::Status s = state_->Sync(); !s.ok()) return s;
+  // Every page local on the disk now has its bytes on the disk, unless one
+  // became local during the syncs. If none did, the file may say clean: the
+  // next change marks it in use before its state byte is stored.
+  absl::MutexLock lock(&waiters_mu_);
+  if (local_changes_ != before || marked_clean_) return absl::OkStatus();
+  if (absl::Status s = state_->MarkClean(); !s.ok()) return s;
+  marked_clean_ = true;
+  return absl::OkStatus();
 }
 
 absl::Status Region::Close() {
   if (state_ == nullptr) return absl::OkStatus();
   if (absl::Status s = Sync(); !s.ok()) return s;
-  return state_->MarkClean();
+  absl::MutexLock lock(&waiters_mu_);
+  if (marked_clean_) return absl::OkStatus();
+  if (absl::Status s = state_->MarkClean(); !s.ok()) return s;
+  marked_clean_ = true;
+  return absl::OkStatus();
 }
 
 void Region::Write(uint64_t offset, std::span<const uint8_t> data, Done done) {

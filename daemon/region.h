@@ -121,7 +121,10 @@ class Region {
   RegionStats Stats() const;
 
   // With a state file: makes the store's bytes, then the page states,
-  // durable (a checkpoint). Without: nothing to do.
+  // durable (a checkpoint); if no page became local meanwhile, also marks
+  // the state file clean, so that it is trusted after a power loss — until
+  // the next page becomes local, which first marks it in use again
+  // (durably, once). Without a state file: nothing to do.
   absl::Status Sync();
   // Sync, then durably marks the state file clean. Only once nothing
   // changes the region any more (after unmount and Engine::Shutdown).
@@ -157,6 +160,9 @@ class Region {
   // Counts one awaited page off each waiter (recording a failure) and runs
   // the ones that reach zero.
   static void Release(std::vector<Waiter*> waiters, const absl::Status& status);
+  // Before a page becomes local: counts the change and, if the state file
+  // is marked clean, marks it in use first (durably).
+  void BeforeLocalChange() ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_mu_);
   void WriteLocal(uint64_t offset, std::span<const uint8_t> data, Done done);
   void PunchLocal(uint64_t offset, uint64_t length, Done done);
   absl::Status GrowFor(uint64_t end);
@@ -181,6 +187,10 @@ class Region {
   // Guards every transition out of a non-local state and the waiter lists.
   mutable absl::Mutex waiters_mu_;
   absl::flat_hash_map<uint64_t, std::vector<Waiter*>> waiters_ ABSL_GUARDED_BY(waiters_mu_);
+  // Changes that made pages local (or resized), and whether the state file
+  // is marked clean since the last of them (see Sync).
+  uint64_t local_changes_ ABSL_GUARDED_BY(waiters_mu_) = 0;
+  bool marked_clean_ ABSL_GUARDED_BY(waiters_mu_) = false;
 
   std::atomic<uint64_t> fault_hint_{UINT64_MAX};
   std::atomic<uint64_t> bytes_fetched_{0};

@@ -1302,11 +1302,32 @@ TEST(RegionStateFileTest, LocalPagesSurviveTheRegion) {
   EXPECT_TRUE(source.Fetched(30));
   source.CompleteAll();
   ASSERT_TRUE(refetch.WaitFor(absl::Seconds(10)));
+  auto clean_on_disk = [&] {
+    absl::StatusOr<std::unique_ptr<StateFile>> state = StateFile::Open(dir, "ram");
+    EXPECT_TRUE(state.ok()) << state.status();
+    return state.ok() && (*state)->was_clean();
+  };
+  EXPECT_FALSE(clean_on_disk());
+  // A checkpoint with no change during it marks the file clean...
+  ASSERT_TRUE(region->Sync().ok());
+  EXPECT_TRUE(clean_on_disk());
+  // ...a page becoming local marks it in use before its state is stored...
+  DoneRecorder wrote_again;
+  region->Write(40 * kPageSize, written, wrote_again.Callback());
+  ASSERT_TRUE(wrote_again.WaitFor(absl::Seconds(10)));
+  EXPECT_FALSE(clean_on_disk());
+  // ...and a fetch in flight does not (its page reads as absent anyway).
+  ASSERT_TRUE(region->Sync().ok());
+  EXPECT_TRUE(clean_on_disk());
+  DoneRecorder pending;
+  region->EnsureLocal(50 * kPageSize, kPageSize, Priority::kDemand, pending.Callback());
+  EXPECT_TRUE(clean_on_disk());
+  source.CompleteAll();
+  ASSERT_TRUE(pending.WaitFor(absl::Seconds(10)));
+  EXPECT_FALSE(clean_on_disk());
   ASSERT_TRUE(region->Close().ok());
   region.reset();
-  absl::StatusOr<std::unique_ptr<StateFile>> state = StateFile::Open(dir, "ram");
-  ASSERT_TRUE(state.ok()) << state.status();
-  EXPECT_TRUE((*state)->was_clean());
+  EXPECT_TRUE(clean_on_disk());
 }
 
 }  // namespace

@@ -238,6 +238,12 @@ absl::Status StateFile::MarkClean() {
   return WriteHeader(/*sync=*/true);
 }
 
+absl::Status StateFile::MarkInUse() {
+  absl::MutexLock lock(&mu_);
+  clean_ = false;
+  return WriteHeader(/*sync=*/true);
+}
+
 uint64_t SourceId(const std::vector<protocol::RegionInfo>& regions) {
   // FNV-1a: stable across builds and processes, unlike absl::Hash.
   uint64_t h = 0xcbf29ce484222325ULL;

@@ -11,7 +11,8 @@
 // cleanly is refused (CheckUsable).
 //
 // Lifetime: the PageMap from MapPages keeps its own mapping; the StateFile
-// must outlive nothing else. Thread-safety: Sync, SetSize and MarkClean may
+// must outlive nothing else. Thread-safety: Sync, SetSize, MarkClean and
+// MarkInUse may
 // be called from any thread; the rest is for set-up, on one thread.
 #ifndef LAZYRAM_DAEMON_STATE_FILE_H_
 #define LAZYRAM_DAEMON_STATE_FILE_H_
@@ -91,8 +92,10 @@ class StateFile {
   // Makes the page states written so far durable.
   absl::Status Sync();
   // Durably marks the file clean; the caller has synced the store and the
-  // states, and nothing changes them any more.
+  // states, and nothing changed them since (see Region::Sync).
   absl::Status MarkClean();
+  // Durably marks it in use again, before the first change after MarkClean.
+  absl::Status MarkInUse();
 
  private:
   StateFile(UniqueFd fd, std::string path, Identity identity);
