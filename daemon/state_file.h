@@ -7,8 +7,9 @@
 // local only after its store write completed, and a store into a shared
 // file mapping, like a completed pwrite, survives the death of the process.
 // A power loss is different: then only what was synced survives, in any
-// order, so a store last used by a boot that is gone and not shut down
-// cleanly is refused (CheckUsable).
+// order, so a file not marked clean (MarkClean: a clean shutdown or an idle
+// checkpoint, see Region::Sync) that was last used by a boot that is gone
+// is refused (CheckUsable).
 //
 // Lifetime: the PageMap from MapPages keeps its own mapping; the StateFile
 // must outlive nothing else. Thread-safety: Sync, SetSize, MarkClean and

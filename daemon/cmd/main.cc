@@ -61,7 +61,8 @@ int main(int argc, char** argv) {
   mount_cmd
       ->add_option("--checkpoint-interval", mount.checkpoint_interval,
                    "With --store DIR: every SECONDS, make the store's pages and page states "
-                   "durable (fdatasync); 0: only at a clean shutdown. Page states survive a "
+                   "durable (fdatasync) and mark regions that stayed idle clean, so that they "
+                   "survive a power loss; 0: only at a clean shutdown. Page states survive a "
                    "killed daemon without it; see docs/store.md")
       ->check(CLI::Range(0.0, 86400.0))
       ->capture_default_str();
