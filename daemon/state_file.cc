@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include "absl/strings/ascii.h"
@@ -215,6 +216,17 @@ absl::Status StateFile::Commit(PageState base) {
     return ErrnoStatus(errno, absl::StrCat("renaming ", path_));
   }
   path_ = final_path_;
+  // The new names (this file's, and the data file's beside the state
+  // folder) must outlive a power loss once a checkpoint calls the file
+  // clean: a region without a source would vanish with them.
+  const std::string state_dir = std::filesystem::path(path_).parent_path();
+  for (const std::string& dir :
+       {state_dir, std::filesystem::path(state_dir).parent_path().string()}) {
+    UniqueFd fd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd.valid() || fsync(fd.get()) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("syncing the directory ", dir));
+    }
+  }
   return absl::OkStatus();
 }
 
