@@ -19,6 +19,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/auth_key.h"
 #include "daemon/control_server.h"
 #include "daemon/fetcher.h"
 #include "daemon/forensic_views.h"
@@ -40,6 +41,8 @@ class Engine : public ControlHandler {
     bool prefetch = true;
     int bulk_connections = 2;
     absl::Duration connect_timeout = absl::Seconds(5);
+    // The shared key for the page server (--auth-key-file); null: none.
+    std::shared_ptr<const AuthKey> auth_key;
     uint64_t max_region_size = uint64_t{16} << 40;  // for regions without a source
     // file:// or qemu-stream:// (then `source` is empty): regions read
     // from local files by a LocalPageSource.

@@ -66,6 +66,14 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
   signal(SIGPIPE, SIG_IGN);
 
   Engine::Options engine_options;
+  if (options.auth_key_file.has_value()) {
+    absl::StatusOr<std::shared_ptr<const AuthKey>> key = AuthKey::LoadFile(*options.auth_key_file);
+    if (!key.ok()) {
+      report.Failed(key.status().message());
+      return 1;
+    }
+    engine_options.auth_key = *std::move(key);
+  }
   if (options.source.has_value()) {
     absl::StatusOr<SourceUrl> source = SourceUrl::Parse(*options.source);
     if (!source.ok()) {
