@@ -24,6 +24,7 @@
 #include "daemon/errno_status.h"
 #include "daemon/io_ring.h"
 #include "daemon/log.h"
+#include "daemon/log_limiter.h"
 
 namespace lazyram {
 
@@ -56,33 +57,6 @@ constexpr size_t kMaxIov = 64;  // frames per sendmsg
 constexpr absl::Duration kRefusedLinger = absl::Seconds(2);
 // How often one kind of warning about misbehaving peers may be logged.
 constexpr absl::Duration kPeerLogInterval = absl::Seconds(10);
-
-// At most one log line per interval for one kind of event, so a flood of
-// connections cannot flood the log; the next line says how many were left
-// out. Used by the serving thread only.
-class LogLimiter {
- public:
-  // True when a line may be written now; `*suppressed` gets the number of
-  // events left out since the last line.
-  bool Allow(uint64_t* suppressed) {
-    const absl::Time now = absl::Now();
-    if (now < next_) {
-      ++suppressed_;
-      return false;
-    }
-    next_ = now + kPeerLogInterval;
-    *suppressed = std::exchange(suppressed_, 0);
-    return true;
-  }
-
- private:
-  absl::Time next_ = absl::InfinitePast();
-  uint64_t suppressed_ = 0;
-};
-
-std::string Suppressed(uint64_t n) {
-  return n == 0 ? "" : absl::StrCat(" (and ", n, " more since the last report)");
-}
 
 // Page-aligned holes of `fd`, as zero extents, appended to `out` while the
 // overall budget lasts.
@@ -269,7 +243,8 @@ class PageServer::Loop {
   Op tick_op_{Kind::kTick};
   __kernel_timespec tick_ts_{};
   uint64_t wake_value_ = 0;
-  LogLimiter refused_log_, timeout_log_, no_auth_log_, auth_failed_log_;
+  LogLimiter refused_log_{kPeerLogInterval}, timeout_log_{kPeerLogInterval},
+      no_auth_log_{kPeerLogInterval}, auth_failed_log_{kPeerLogInterval};
   std::unique_ptr<IoRing> ring_;
 };
 
@@ -362,7 +337,7 @@ void PageServer::Loop::OnAccept(int res) {
     uint64_t more = 0;
     if (refused_log_.Allow(&more)) {
       LogWarning("refusing client %s: too many connections (--max-connections %d)%s", c.peer,
-                 options.max_connections, Suppressed(more));
+                 options.max_connections, LogLimiter::Suppressed(more));
     }
     c.phase = Phase::kRefused;
     c.deadline = absl::Now() + std::min(options.handshake_timeout, kRefusedLinger);
@@ -384,7 +359,8 @@ void PageServer::Loop::OnTick() {
       uint64_t more = 0;
       if (timeout_log_.Allow(&more)) {
         LogWarning("dropping client %s: no handshake within %s (--handshake-timeout)%s", c.peer,
-                   absl::FormatDuration(server_->options_.handshake_timeout), Suppressed(more));
+                   absl::FormatDuration(server_->options_.handshake_timeout),
+                   LogLimiter::Suppressed(more));
       }
     }
     Close(&c, "");
@@ -457,7 +433,7 @@ void PageServer::Loop::OnHello(Connection* c, const protocol::FrameHeader& heade
     uint64_t more = 0;
     if (no_auth_log_.Allow(&more)) {
       LogWarning("refusing client %s: it did not authenticate (no --auth-key-file?)%s", c->peer,
-                 Suppressed(more));
+                 LogLimiter::Suppressed(more));
     }
     return FatalError(c, header.tag, protocol::ErrorCode::kAuthRequired,
                       "this page server requires authentication (--auth-key-file)");
@@ -487,7 +463,7 @@ void PageServer::Loop::OnAuth(Connection* c, const protocol::FrameHeader& header
     uint64_t more = 0;
     if (auth_failed_log_.Allow(&more)) {
       LogWarning("authentication failed for client %s: it does not hold this server's key%s",
-                 c->peer, Suppressed(more));
+                 c->peer, LogLimiter::Suppressed(more));
     }
     return FatalError(c, header.tag, protocol::ErrorCode::kAuthFailed, "authentication failed");
   }

@@ -381,6 +381,15 @@ TEST_F(BadInputTest, MountKeyFileProblems) {
   }
 }
 
+TEST_F(BadInputTest, MountKeyWithoutAPageServer) {
+  const std::string key = dir_.Sub("key");
+  std::ofstream(key) << "0123456789abcdef0123456789\n";
+  chmod(key.c_str(), 0600);
+  ExpectOneErrorLine(Mount(mountpoint_, {"--auth-key-file", key}), {"--auth-key-file", "tcp://"});
+  ExpectOneErrorLine(Mount(mountpoint_, {"--source", "file://" + image_, "--auth-key-file", key}),
+                     {"--auth-key-file", "tcp://"});
+}
+
 TEST_F(BadInputTest, MissingStoreDirectory) {
   const std::string missing = dir_.Sub("no-such-store");
   ExpectOneErrorLine(Mount(mountpoint_, {"--store", missing}), {missing});

@@ -173,6 +173,11 @@ int RunMount(const MountOptions& options) {
       return 1;
     }
   }
+  if (options.auth_key_file.has_value() &&
+      (!options.source.has_value() || SourceUrl::Parse(*options.source)->is_local())) {
+    PrintError("--auth-key-file is for a page server: it needs --source tcp://HOST:PORT");
+    return 1;
+  }
   if (options.store != "mem" && (stat(options.store.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
     PrintError(absl::StrCat("store directory ", options.store, " does not exist"));
     return 1;
