@@ -400,8 +400,11 @@ TEST_F(SecurityTest, NoRegionTableBeforeTheKeyIsProved) {
     expect_refused(c, protocol::ErrorCode::kBadRequest);
   }
   // HELLO asking to authenticate, then AUTH with a proof made with the
-  // wrong key, with a reflected (server-side) proof, or a READ instead.
+  // wrong key, with the right key but for the server's role (what a
+  // reflected proof would be), or a READ instead.
   std::shared_ptr<const AuthKey> wrong = *AuthKey::FromSecret("a different secret, also long");
+  std::shared_ptr<const AuthKey> right =
+      *AuthKey::FromSecret("correct horse battery staple 0123456789");
   for (int variant = 0; variant < 3; ++variant) {
     SCOPED_TRACE(variant);
     RawConnection c(server->port());
@@ -418,9 +421,10 @@ TEST_F(SecurityTest, NoRegionTableBeforeTheKeyIsProved) {
     if (variant == 2) {
       protocol::AppendRead(1, {.region = 0, .count = 1}, &next);
     } else {
+      const AuthKey& key = variant == 0 ? *wrong : *right;
       const auto role = variant == 0 ? AuthKey::Role::kClient : AuthKey::Role::kServer;
-      protocol::AppendAuth(
-          {client_nonce, *wrong->Prove(role, challenge->server_nonce, client_nonce)}, &next);
+      protocol::AppendAuth({client_nonce, *key.Prove(role, challenge->server_nonce, client_nonce)},
+                           &next);
     }
     ASSERT_TRUE(c.Send(next));
     expect_refused(
@@ -428,13 +432,71 @@ TEST_F(SecurityTest, NoRegionTableBeforeTheKeyIsProved) {
   }
   // With the right key: AUTH_OK with the server's proof, then WELCOME.
   RawConnection c(server->port());
-  absl::StatusOr<protocol::Welcome> welcome =
-      c.HandshakeWithKey(**AuthKey::FromSecret("correct horse battery staple 0123456789"));
+  absl::StatusOr<protocol::Welcome> welcome = c.HandshakeWithKey(*right);
   ASSERT_TRUE(welcome.ok()) << welcome.status();
   ASSERT_EQ(welcome->regions.size(), 1u);
   EXPECT_EQ(welcome->regions[0].name, kRegion);
   EXPECT_EQ(welcome->features & protocol::kFeatureAuth, protocol::kFeatureAuth);
   EXPECT_TRUE(c.ReadPages(5, 0, 4).ok());
+}
+
+// A fake server that takes any proof and answers with a proof of its own
+// that is wrong (it does not hold the key) or that is the client's own
+// proof sent back: the mount must refuse it before using its region table.
+TEST_F(SecurityTest, ClientRefusesAServerThatDoesNotProveTheKey) {
+  for (bool reflect : {false, true}) {
+    SCOPED_TRACE(reflect ? "reflected proof" : "wrong proof");
+    int listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    ASSERT_EQ(bind(listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(listen(listen_fd, 4), 0);
+    ASSERT_EQ(getsockname(listen_fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+    const uint16_t port = ntohs(addr.sin_port);
+    std::unique_ptr<ChildProcess> fake = ChildProcess::Start([&] {
+      int fd = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) return 1;
+      auto read_full = [fd](uint8_t* out, size_t n) {
+        for (size_t got = 0; got < n;) {
+          ssize_t r = recv(fd, out + got, n - got, 0);
+          if (r <= 0) return false;
+          got += static_cast<size_t>(r);
+        }
+        return true;
+      };
+      uint8_t hello[2 * protocol::kHeaderSize];
+      if (!read_full(hello, sizeof hello)) return 2;
+      std::string frames;
+      protocol::AppendChallenge({protocol::Nonce{}}, &frames);
+      if (send(fd, frames.data(), frames.size(), MSG_NOSIGNAL) < 0) return 3;
+      uint8_t auth[protocol::kHeaderSize + protocol::kNonceSize + protocol::kProofSize];
+      if (!read_full(auth, sizeof auth)) return 4;
+      protocol::AuthOk ok;
+      if (reflect) {
+        std::memcpy(ok.proof.data(), auth + protocol::kHeaderSize + protocol::kNonceSize,
+                    protocol::kProofSize);
+      } else {
+        ok.proof.fill(0x5a);
+      }
+      frames.clear();
+      protocol::AppendAuthOk(ok, &frames);
+      protocol::Welcome welcome;
+      welcome.regions.push_back({kRegion, 8 * kMiB, {}});
+      protocol::AppendWelcome(welcome, &frames);
+      if (send(fd, frames.data(), frames.size(), MSG_NOSIGNAL) < 0) return 5;
+      char byte;
+      while (recv(fd, &byte, 1, 0) > 0) {
+      }
+      close(fd);
+      return 0;
+    });
+    RunResult r = FailingMount(absl::StrCat("tcp://127.0.0.1:", port), {"--auth-key-file", key_});
+    ExpectOneErrorLine(r, {"authentication failed", "did not prove the key"});
+    EXPECT_EQ(fake->Wait(absl::Seconds(30)), 0);
+    close(listen_fd);
+  }
 }
 
 // The fetcher's reconnects go through the same handshake: a server that
