@@ -59,6 +59,15 @@ absl::StatusOr<std::unique_ptr<Filesystem>> Filesystem::Mount(Engine* engine, Op
     return absl::UnavailableError(
         absl::StrCat("cannot mount on ", fs->options_.mountpoint, " (is /dev/fuse available?)"));
   }
+  if (fs->options_.push && !fs->options_.read_only) {
+    absl::StatusOr<std::unique_ptr<PagePusher>> pusher = PagePusher::Create(engine, fs->session_);
+    if (!pusher.ok()) return pusher.status();
+    fs->pusher_ = std::move(*pusher);
+    PagePusher* p = fs->pusher_.get();
+    engine->SetStatusSection("push", [p] { return p->StatusJson(); });
+  } else {
+    engine->SetStatusSection("push", [] { return nlohmann::json{{"enabled", false}}; });
+  }
   if (absl::Status s = RaiseWritebackLimits(fs->options_.mountpoint); !s.ok()) {
     LogWarning("guest writes may be slow: %s", s.message());
   }
@@ -66,6 +75,8 @@ absl::StatusOr<std::unique_ptr<Filesystem>> Filesystem::Mount(Engine* engine, Op
 }
 
 Filesystem::~Filesystem() {
+  engine_->SetStatusSection("push", nullptr);
+  pusher_.reset();
   if (session_ == nullptr) return;
   fuse_session_unmount(session_);
   fuse_session_destroy(session_);

@@ -28,6 +28,7 @@ struct MountOptions {
   std::optional<std::string> machine;  // "pc" or "q35"
   bool foreground = false;
   bool allow_other = false;
+  std::string push = "on";  // push pulled pages into the page cache
 };
 
 // Both return the process exit code; errors are printed as one line.

@@ -59,6 +59,13 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"pc", "q35"}));
   mount_cmd->add_flag("--foreground", mount.foreground, "Stay attached; unmount on SIGINT/SIGTERM");
   mount_cmd->add_flag("--allow-other", mount.allow_other, "Let other users access the mount");
+  mount_cmd
+      ->add_option("--push", mount.push,
+                   "on: put the pages the background pull fetched into the kernel's page cache, "
+                   "so a first touch needs no FUSE READ (costs page cache as large as the pulled "
+                   "data); off: every first touch is a READ")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);
