@@ -60,9 +60,7 @@ absl::StatusOr<std::unique_ptr<Filesystem>> Filesystem::Mount(Engine* engine, Op
         absl::StrCat("cannot mount on ", fs->options_.mountpoint, " (is /dev/fuse available?)"));
   }
   if (fs->options_.push && !fs->options_.read_only) {
-    absl::StatusOr<std::unique_ptr<PagePusher>> pusher = PagePusher::Create(engine, fs->session_);
-    if (!pusher.ok()) return pusher.status();
-    fs->pusher_ = std::move(*pusher);
+    fs->pusher_ = std::make_unique<PagePusher>(engine, fs->options_.mountpoint);
     PagePusher* p = fs->pusher_.get();
     engine->SetStatusSection("push", [p] { return p->StatusJson(); });
   } else {
@@ -97,7 +95,12 @@ absl::Status Filesystem::Run() {
 }
 
 absl::Status Filesystem::Unmount(bool lazy) {
+  // The pusher's own descriptors must not make the mount busy.
+  if (pusher_ != nullptr) pusher_->Pause();
   if (umount2(options_.mountpoint.c_str(), lazy ? MNT_DETACH : 0) == 0) return absl::OkStatus();
+  const int error = errno;
+  if (pusher_ != nullptr) pusher_->Resume();
+  errno = error;
   if (errno == EBUSY) {
     return absl::FailedPreconditionError(
         absl::StrCat("mount point ", options_.mountpoint,

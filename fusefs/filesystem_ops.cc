@@ -73,7 +73,6 @@ void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   if (!index.has_value()) return (void)fuse_reply_err(req, ENOENT);
   fuse_entry_param e = EntryFor(fs, *index);
   fuse_reply_entry(req, &e);
-  if (fs->pusher() != nullptr) fs->pusher()->InodeKnown(*index);
 }
 
 void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
@@ -164,7 +163,6 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
   const uint64_t offset = static_cast<uint64_t>(off);
   if (offset >= region_size || size == 0) return (void)fuse_reply_buf(req, nullptr, 0);
   const size_t length = static_cast<size_t>(std::min<uint64_t>(size, region_size - offset));
-  if (PagePusher* pusher = Fs(req)->pusher()) pusher->MarkServed(fi->fh, offset, length);
   // Answered from whichever thread makes the pages local; this worker
   // returns at once.
   region->EnsureLocal(
@@ -189,9 +187,6 @@ void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t o
   if (Fs(req)->engine()->read_only() || ViewsDir::Owns(ino)) {
     return (void)fuse_reply_err(req, EROFS);
   }
-  if (PagePusher* pusher = Fs(req)->pusher()) {
-    pusher->MarkServed(fi->fh, static_cast<uint64_t>(off), size);
-  }
   Region* region = Fs(req)->engine()->region(fi->fh);
   region->Write(static_cast<uint64_t>(off), std::span(reinterpret_cast<const uint8_t*>(buf), size),
                 [req, size](absl::Status s) {
@@ -207,7 +202,6 @@ void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t len
   }
   Region* region = Fs(req)->engine()->region(fi->fh);
   const auto off = static_cast<uint64_t>(offset), len = static_cast<uint64_t>(length);
-  if (PagePusher* pusher = Fs(req)->pusher()) pusher->MarkServed(fi->fh, off, len);
   if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) {
     return region->Punch(off, len, [req](absl::Status s) { ReplyStatus(req, s); });
   }
