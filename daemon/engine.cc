@@ -267,7 +267,15 @@ nlohmann::json Engine::StatusJson() const {
   nlohmann::json out = {
       {"source", source}, {"complete", complete}, {"pid", getpid()}, {"regions", regions}};
   if (fetcher_ != nullptr) out["checksum_errors"] = fetcher_->checksum_errors();
+  absl::MutexLock lock(&sections_mu_);
+  for (const auto& [key, section] : sections_) out[key] = section();
   return out;
+}
+
+void Engine::SetStatusSection(std::string key, absl::AnyInvocable<nlohmann::json() const> section) {
+  absl::MutexLock lock(&sections_mu_);
+  std::erase_if(sections_, [&](const auto& s) { return s.first == key; });
+  if (section) sections_.emplace_back(std::move(key), std::move(section));
 }
 
 nlohmann::json Engine::HashReply(const nlohmann::json& request) {

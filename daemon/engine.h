@@ -84,6 +84,10 @@ class Engine : public ControlHandler {
   // answers once it is done.
   nlohmann::json HashReply(const nlohmann::json& request);
 
+  // Adds (or, with a null `section`, removes) a top-level key of the status
+  // reply computed by another layer (fusefs's page pusher).
+  void SetStatusSection(std::string key, absl::AnyInvocable<nlohmann::json() const> section);
+
   // What `lazyramctl unmount` runs.
   void SetUnmountHandler(absl::AnyInvocable<absl::Status()> handler);
   nlohmann::json Handle(const nlohmann::json& request) override;
@@ -105,6 +109,9 @@ class Engine : public ControlHandler {
   // Reads regions through the source: stopped before it (in Shutdown).
   RegionHasher hasher_;
   std::unique_ptr<ForensicViews> views_;
+  mutable absl::Mutex sections_mu_;
+  std::vector<std::pair<std::string, absl::AnyInvocable<nlohmann::json() const>>> sections_
+      ABSL_GUARDED_BY(sections_mu_);
   absl::Mutex unmount_mu_;
   absl::AnyInvocable<absl::Status()> unmount_ ABSL_GUARDED_BY(unmount_mu_);
 };

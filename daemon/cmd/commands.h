@@ -34,6 +34,7 @@ struct MountOptions {
   bool foreground = false;
   bool allow_other = false;
   std::optional<std::string> auth_key_file;
+  std::string push = "on";  // push pulled pages into the page cache
 };
 
 // Both return the process exit code; errors are printed as one line.

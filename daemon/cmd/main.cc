@@ -82,6 +82,13 @@ int main(int argc, char** argv) {
   mount_cmd->add_option("--auth-key-file", mount.auth_key_file,
                         "FILE holding the page server's shared secret (>= 16 bytes, mode 0600); "
                         "the server must prove it holds it too");
+  mount_cmd
+      ->add_option("--push", mount.push,
+                   "on: put the pages the background pull fetched into the kernel's page cache, "
+                   "so a first touch needs no FUSE READ (costs page cache as large as the pulled "
+                   "data); off: every first touch is a READ")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);

@@ -110,7 +110,8 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
   absl::StatusOr<std::unique_ptr<fusefs::Filesystem>> fs =
       fusefs::Filesystem::Mount(engine->get(), {.mountpoint = options.mountpoint,
                                                 .allow_other = options.allow_other,
-                                                .read_only = options.read_only});
+                                                .read_only = options.read_only,
+                                                .push = options.push == "on"});
   if (!fs.ok()) {
     report.Failed(fs.status().message());
     return 1;
