@@ -81,6 +81,8 @@ class Region {
   bool has_source() const { return source_ != nullptr; }
   Store& store() { return *store_; }
 
+  PageState page_state(uint64_t page) const { return map_.Get(page); }
+
   // True when every page of [offset, offset+length) is local.
   bool IsLocal(uint64_t offset, uint64_t length) const;
 
@@ -131,6 +133,11 @@ class Region {
   absl::Status Close();
   // Pages whose states came from a state file as local at start.
   uint64_t pages_restored() const { return pages_restored_; }
+  // Called with each run of pages a background pull made present (not
+  // demand fetches: a READ is waiting on those), after they became local,
+  // on the thread that landed them; must not block. Null clears it.
+  using PullListener = absl::AnyInvocable<void(uint64_t first_page, uint32_t count)>;
+  void SetPullListener(PullListener listener);
 
  private:
   struct Waiter;
@@ -191,6 +198,9 @@ class Region {
   // is marked clean since the last of them (see Sync).
   uint64_t local_changes_ ABSL_GUARDED_BY(waiters_mu_) = 0;
   bool marked_clean_ ABSL_GUARDED_BY(waiters_mu_) = false;
+
+  absl::Mutex listener_mu_;
+  PullListener pull_listener_ ABSL_GUARDED_BY(listener_mu_);
 
   std::atomic<uint64_t> fault_hint_{UINT64_MAX};
   std::atomic<uint64_t> bytes_fetched_{0};

@@ -14,6 +14,11 @@ namespace lazyram {
 struct ServeOptions {
   std::string listen;
   std::vector<std::string> regions;  // NAME=PATH
+  std::optional<std::string> auth_key_file;
+  bool insecure = false;
+  int max_connections = PageServer::Options{}.max_connections;
+  int max_inflight = PageServer::Options{}.max_reads_per_connection;
+  double handshake_timeout_seconds = absl::ToDoubleSeconds(PageServer::Options{}.handshake_timeout);
 };
 
 struct MountOptions {
@@ -29,6 +34,8 @@ struct MountOptions {
   bool foreground = false;
   bool allow_other = false;
   double checkpoint_interval = 30;  // seconds; 0: only at a clean shutdown
+  std::optional<std::string> auth_key_file;
+  std::string push = "on";  // push pulled pages into the page cache
 };
 
 // Both return the process exit code; errors are printed as one line.
