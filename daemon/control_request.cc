@@ -21,7 +21,10 @@ std::string AnswerControlRequest(absl::string_view received, ControlHandler* han
       reply = handler->Handle(parsed);
     }
   }
-  return reply.dump() + "\n";
+  // Names in a reply (regions, paths) are whatever bytes the kernel or a
+  // page server allowed; the serializer throws on bytes that are not UTF-8
+  // unless told to replace them, and a throw here would end the daemon.
+  return reply.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 }  // namespace lazyram
