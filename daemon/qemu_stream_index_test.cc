@@ -222,5 +222,29 @@ TEST_F(QemuStreamIndexTest, CommandsAreSkippedByTheirLength) {
   EXPECT_EQ(Read(**index, 0, 1), PageOf('p'));
 }
 
+// Found by tests/fuzz/qemu_stream_fuzzer: a RAMBlock list declaring about
+// 2^62 bytes made the indexer allocate its 8-byte-per-page table, which
+// threw std::bad_alloc out of `lazyramd mount` (or, under ASan, aborted).
+TEST_F(QemuStreamIndexTest, AbsurdRamSizeIsRefusedBeforeAllocating) {
+  QemuStreamBuilder b;
+  b.Header().RamStart({{"pc.ram", uint64_t{1} << 62}});
+  b.RamPart(/*end=*/true).Page("pc.ram", 0, PageOf('a')).Eos().End();
+  auto index = Index(b.bytes());
+  ASSERT_FALSE(index.ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(index.status())) << index.status();
+  EXPECT_TRUE(absl::StrContains(index.status().message(), "4611686018427387904 bytes of RAM"))
+      << index.status();
+}
+
+TEST_F(QemuStreamIndexTest, IndexMemoryLimitIsAParameter) {
+  QemuStreamBuilder b;
+  b.Header().RamStart({{"pc.ram", 1024 * kPage}});  // 8 KiB of index
+  b.RamPart(/*end=*/true).Page("pc.ram", 0, PageOf('a')).Eos().End();
+  ASSERT_TRUE(Index(b.bytes()).ok());
+  auto refused = QemuStreamIndex::Open(path_, /*max_index_bytes=*/4096);
+  EXPECT_TRUE(absl::IsResourceExhausted(refused.status())) << refused.status();
+  EXPECT_TRUE(QemuStreamIndex::Open(path_, /*max_index_bytes=*/1 << 20).ok());
+}
+
 }  // namespace
 }  // namespace lazyram
