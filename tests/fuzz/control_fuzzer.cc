@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -125,6 +126,47 @@ void CheckSuccess(const nlohmann::json& request, const nlohmann::json& reply) {
   }
 }
 
+// The typed answer docs/control.md promises for requests whose outcome is
+// known without running them: "" for success, else the error code.
+std::optional<std::string> ExpectedOutcome(const nlohmann::json& request) {
+  const std::string cmd = request["cmd"].get<std::string>();
+  if (cmd != "status" && cmd != "prefetch" && cmd != "hash" && cmd != "unmount") {
+    return "INVALID_ARGUMENT";
+  }
+  if (cmd == "status" || cmd == "unmount") return "";
+  if (cmd != "prefetch") return std::nullopt;
+  auto region = request.find("region");
+  if (region == request.end() || !region->is_string()) return "INVALID_ARGUMENT";
+  const bool has_offset = request.contains("offset"), has_length = request.contains("length");
+  if ((has_offset && !request["offset"].is_number_unsigned()) ||
+      (has_length && !request["length"].is_number_unsigned()) || has_offset != has_length) {
+    return "INVALID_ARGUMENT";
+  }
+  uint64_t size;
+  if (*region == "mem0") {
+    size = kMem0Size;
+  } else if (*region == "pc.ram") {
+    size = kPcRamSize;
+  } else {
+    return "NOT_FOUND";  // the name that is not UTF-8 cannot be sent
+  }
+  if (!has_offset) return "";
+  const uint64_t offset = request["offset"].get<uint64_t>();
+  const uint64_t length = request["length"].get<uint64_t>();
+  return offset > size || length > size - offset ? "OUT_OF_RANGE" : "";
+}
+
+void CheckOutcome(const nlohmann::json& request, const nlohmann::json& reply) {
+  const std::optional<std::string> expected = ExpectedOutcome(request);
+  if (!expected.has_value()) return;
+  const std::string got = reply["ok"].get<bool>() ? "" : reply["code"].get<std::string>();
+  if (got != *expected) {
+    std::fprintf(stderr, "request %s: expected %s, got %s\n", request.dump().c_str(),
+                 expected->empty() ? "ok" : expected->c_str(), reply.dump().c_str());
+    std::abort();
+  }
+}
+
 std::string Answer(absl::string_view received) {
   return AnswerControlRequest(received, TheEngine());
 }
@@ -140,6 +182,7 @@ void FuzzLines(absl::string_view in) {
     nlohmann::json request = nlohmann::json::parse(line.begin(), line.end(), nullptr, false);
     if (request.is_object() && request.contains("cmd") && request["cmd"].is_string()) {
       CheckSuccess(request, nlohmann::json::parse(reply));
+      CheckOutcome(request, nlohmann::json::parse(reply));
     }
   }
 }
@@ -243,6 +286,7 @@ void FuzzStructured(FuzzedDataProvider& p) {
   const nlohmann::json received = nlohmann::json::parse(line);
   if (received.is_object() && received.contains("cmd") && received["cmd"].is_string()) {
     CheckSuccess(received, reply);
+    CheckOutcome(received, reply);
   }
 }
 
