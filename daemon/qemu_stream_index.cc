@@ -187,8 +187,11 @@ absl::Status QemuStreamIndex::Parser::ParseConfiguration() {
     if (name == "configuration/target-page-bits") {
       const uint32_t bits = r.Be32();
       if (r.ok() && bits != 12) {
-        return absl::InvalidArgumentError(absl::StrCat("the stream uses ", 1u << bits,
-                                                       "-byte target pages; lazyram reads 4 KiB"));
+        // Any u32 may be here: a shift by 32 or more would be undefined.
+        const std::string page = bits < 32 ? absl::StrCat(uint64_t{1} << bits, "-byte")
+                                           : absl::StrCat("2^", bits, "-byte");
+        return absl::InvalidArgumentError(
+            absl::StrCat("the stream uses ", page, " target pages; lazyram reads 4 KiB"));
       }
     } else if (name == "configuration/capabilities") {
       const uint32_t count = r.Be32();

@@ -246,5 +246,22 @@ TEST_F(QemuStreamIndexTest, IndexMemoryLimitIsAParameter) {
   EXPECT_TRUE(QemuStreamIndex::Open(path_, /*max_index_bytes=*/1 << 20).ok());
 }
 
+// Found by tests/fuzz/qemu_stream_fuzzer (UBSan): a target-page-bits of 32
+// or more was shifted into the error message, an undefined shift.
+TEST_F(QemuStreamIndexTest, HugeTargetPageBitsIsRefusedWithASaneMessage) {
+  for (const uint32_t bits : {16u, 96u}) {
+    QemuStreamBuilder b;
+    b.Header().U8(qemu_stream::kSubsection).Str("configuration/target-page-bits").Be32(1);
+    b.Be32(bits).RamStart({{"pc.ram", 4 * kPage}});
+    b.RamPart(/*end=*/true).Page("pc.ram", 0, PageOf('a')).Eos().End();
+    auto index = Index(b.bytes());
+    ASSERT_FALSE(index.ok());
+    EXPECT_TRUE(absl::IsInvalidArgument(index.status())) << index.status();
+    EXPECT_TRUE(absl::StrContains(index.status().message(), bits == 16 ? "65536-byte target pages"
+                                                                       : "2^96-byte target pages"))
+        << index.status();
+  }
+}
+
 }  // namespace
 }  // namespace lazyram
