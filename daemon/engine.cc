@@ -52,7 +52,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Options options) {
   }
   if (!opts.source.has_value()) return engine;
 
-  absl::StatusOr<DialedSource> dialed = DialSource(*opts.source, opts.connect_timeout);
+  absl::StatusOr<DialedSource> dialed =
+      DialSource(*opts.source, opts.connect_timeout, opts.auth_key.get());
   if (!dialed.ok()) return dialed.status();
   for (const protocol::RegionInfo& info : dialed->welcome.regions) {
     if (absl::Status s = ValidateRegionName(info.name); !s.ok()) {
@@ -61,8 +62,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Options options) {
     }
   }
   protocol::Welcome welcome = dialed->welcome;
-  absl::StatusOr<std::unique_ptr<Fetcher>> fetcher = Fetcher::Start(
-      {*opts.source, opts.bulk_connections, opts.connect_timeout}, *std::move(dialed));
+  absl::StatusOr<std::unique_ptr<Fetcher>> fetcher =
+      Fetcher::Start({*opts.source, opts.bulk_connections, opts.connect_timeout, opts.auth_key},
+                     *std::move(dialed));
   if (!fetcher.ok()) return fetcher.status();
   engine->fetcher_ = *std::move(fetcher);
 
@@ -265,7 +267,15 @@ nlohmann::json Engine::StatusJson() const {
   nlohmann::json out = {
       {"source", source}, {"complete", complete}, {"pid", getpid()}, {"regions", regions}};
   if (fetcher_ != nullptr) out["checksum_errors"] = fetcher_->checksum_errors();
+  absl::MutexLock lock(&sections_mu_);
+  for (const auto& [key, section] : sections_) out[key] = section();
   return out;
+}
+
+void Engine::SetStatusSection(std::string key, absl::AnyInvocable<nlohmann::json() const> section) {
+  absl::MutexLock lock(&sections_mu_);
+  std::erase_if(sections_, [&](const auto& s) { return s.first == key; });
+  if (section) sections_.emplace_back(std::move(key), std::move(section));
 }
 
 nlohmann::json Engine::HashReply(const nlohmann::json& request) {

@@ -19,6 +19,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/auth_key.h"
 #include "daemon/control_server.h"
 #include "daemon/fetcher.h"
 #include "daemon/forensic_views.h"
@@ -40,6 +41,8 @@ class Engine : public ControlHandler {
     bool prefetch = true;
     int bulk_connections = 2;
     absl::Duration connect_timeout = absl::Seconds(5);
+    // The shared key for the page server (--auth-key-file); null: none.
+    std::shared_ptr<const AuthKey> auth_key;
     uint64_t max_region_size = uint64_t{16} << 40;  // for regions without a source
     // file:// or qemu-stream:// (then `source` is empty): regions read
     // from local files by a LocalPageSource.
@@ -81,6 +84,10 @@ class Engine : public ControlHandler {
   // answers once it is done.
   nlohmann::json HashReply(const nlohmann::json& request);
 
+  // Adds (or, with a null `section`, removes) a top-level key of the status
+  // reply computed by another layer (fusefs's page pusher).
+  void SetStatusSection(std::string key, absl::AnyInvocable<nlohmann::json() const> section);
+
   // What `lazyramctl unmount` runs.
   void SetUnmountHandler(absl::AnyInvocable<absl::Status()> handler);
   nlohmann::json Handle(const nlohmann::json& request) override;
@@ -102,6 +109,9 @@ class Engine : public ControlHandler {
   // Reads regions through the source: stopped before it (in Shutdown).
   RegionHasher hasher_;
   std::unique_ptr<ForensicViews> views_;
+  mutable absl::Mutex sections_mu_;
+  std::vector<std::pair<std::string, absl::AnyInvocable<nlohmann::json() const>>> sections_
+      ABSL_GUARDED_BY(sections_mu_);
   absl::Mutex unmount_mu_;
   absl::AnyInvocable<absl::Status()> unmount_ ABSL_GUARDED_BY(unmount_mu_);
 };

@@ -203,7 +203,8 @@ void Fetcher::Loop::Run() {
 void Fetcher::Loop::Reconnect(size_t index) {
   Connection& c = conns_[index];
   absl::StatusOr<DialedSource> dialed =
-      DialSource(fetcher_->options_.address, fetcher_->options_.connect_timeout);
+      DialSource(fetcher_->options_.address, fetcher_->options_.connect_timeout,
+                 fetcher_->options_.auth_key.get());
   absl::Status status = dialed.status();
   if (status.ok()) {
     if (std::string change = RegionTableChange(fetcher_->welcome_, dialed->welcome);

@@ -25,6 +25,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/auth_key.h"
 #include "daemon/net_address.h"
 #include "daemon/page_source.h"
 #include "daemon/protocol.h"
@@ -42,6 +43,7 @@ class Fetcher : public PageSource {
     NetAddress address;
     int bulk_connections = 2;
     absl::Duration connect_timeout = absl::Seconds(3);
+    std::shared_ptr<const AuthKey> auth_key;  // null: no authentication
   };
 
   // Takes over `first` (the connection the mount dialed to learn the

@@ -49,7 +49,29 @@ std::string SockaddrHost(const sockaddr_storage& ss) {
   return buf;
 }
 
+bool IsLoopbackSockaddr(const sockaddr* sa) {
+  if (sa->sa_family == AF_INET) {
+    const uint32_t ip = ntohl(reinterpret_cast<const sockaddr_in*>(sa)->sin_addr.s_addr);
+    return (ip >> 24) == 127;
+  }
+  if (sa->sa_family == AF_INET6) {
+    const in6_addr& ip = reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr;
+    if (IN6_IS_ADDR_LOOPBACK(&ip)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&ip) && ip.s6_addr[12] == 127;
+  }
+  return false;
+}
+
 }  // namespace
+
+absl::StatusOr<bool> IsLoopback(const NetAddress& address) {
+  absl::StatusOr<AddrInfoPtr> ai = Resolve(address, /*passive=*/true);
+  if (!ai.ok()) return ai.status();
+  for (addrinfo* a = ai->get(); a != nullptr; a = a->ai_next) {
+    if (!IsLoopbackSockaddr(a->ai_addr)) return false;
+  }
+  return true;
+}
 
 absl::StatusOr<NetAddress> NetAddress::Parse(absl::string_view text, bool allow_port_zero) {
   NetAddress out;
@@ -93,6 +115,20 @@ absl::StatusOr<NetAddress> NetAddress::ParseUrl(absl::string_view url) {
 std::string NetAddress::ToString() const {
   if (host.find(':') != std::string::npos) return absl::StrCat("[", host, "]:", port);
   return absl::StrCat(host, ":", port);
+}
+
+std::string PeerAddress(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0 ||
+      (ss.ss_family != AF_INET && ss.ss_family != AF_INET6)) {
+    return "?";
+  }
+  NetAddress peer;
+  peer.host = SockaddrHost(ss);
+  peer.port = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6&>(ss).sin6_port
+                                             : reinterpret_cast<sockaddr_in&>(ss).sin_port);
+  return peer.ToString();
 }
 
 absl::StatusOr<UniqueFd> ListenTcp(const NetAddress& address, NetAddress* bound) {

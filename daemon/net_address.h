@@ -25,6 +25,15 @@ struct NetAddress {
   std::string ToString() const;
 };
 
+// True when every address `address.host` resolves to (as ListenTcp would
+// resolve it) is a loopback address: 127.0.0.0/8, ::1, or an IPv4-mapped
+// 127.x. A wildcard (0.0.0.0, ::) is not loopback.
+absl::StatusOr<bool> IsLoopback(const NetAddress& address);
+
+// "HOST:PORT" of the peer of a connected socket, for log lines; "?" if
+// unknown.
+std::string PeerAddress(int fd);
+
 // A listening TCP socket bound to `address`; `*bound` gets the real address
 // (the port chosen by the kernel for port 0).
 absl::StatusOr<UniqueFd> ListenTcp(const NetAddress& address, NetAddress* bound);

@@ -10,17 +10,21 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <deque>
 #include <list>
+#include <utility>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
 #include "daemon/errno_status.h"
 #include "daemon/io_ring.h"
 #include "daemon/log.h"
+#include "daemon/log_limiter.h"
 
 namespace lazyram {
 
@@ -42,10 +46,17 @@ absl::Status ValidateRegionName(absl::string_view name) {
 
 namespace {
 
-// Client frames are small; anything bigger is hostile.
+// Client frames are small (AUTH is the largest); anything bigger is hostile.
 constexpr uint32_t kMaxClientBody = 64;
+static_assert(kMaxClientBody >= protocol::kNonceSize + protocol::kProofSize);
 constexpr size_t kRecvBuffer = 64 * 1024;
 constexpr size_t kMaxIov = 64;  // frames per sendmsg
+// A refused connection (over --max-connections) is given this long to read
+// its ERROR and hang up before it is closed; closing with its HELLO still
+// unread would reset the connection and could lose the ERROR.
+constexpr absl::Duration kRefusedLinger = absl::Seconds(2);
+// How often one kind of warning about misbehaving peers may be logged.
+constexpr absl::Duration kPeerLogInterval = absl::Seconds(10);
 
 // Page-aligned holes of `fd`, as zero extents, appended to `out` while the
 // overall budget lasts.
@@ -73,6 +84,21 @@ void FindHoles(int fd, uint64_t size, std::vector<protocol::ZeroExtent>* out, si
 absl::StatusOr<std::unique_ptr<PageServer>> PageServer::Create(Options options) {
   if (options.regions.empty()) {
     return absl::InvalidArgumentError("no region to serve: give at least one --region NAME=PATH");
+  }
+  if (options.max_connections < 1 || options.max_reads_per_connection < 1 ||
+      options.handshake_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "connection limits, in-flight limits and the handshake timeout must be positive");
+  }
+  if (options.auth_key == nullptr && !options.insecure) {
+    absl::StatusOr<bool> loopback = IsLoopback(options.listen);
+    if (!loopback.ok()) return loopback.status();
+    if (!*loopback) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "refusing to serve ", options.listen.ToString(),
+          " without authentication: it is not a loopback address, so anyone who can reach it "
+          "could read the guest's memory; give --auth-key-file FILE (or --insecure)"));
+    }
   }
   std::unique_ptr<PageServer> server(new PageServer);
   absl::flat_hash_set<std::string> names;
@@ -119,7 +145,14 @@ void PageServer::Stop() {
 // which says what completed and for whom.
 class PageServer::Loop {
  public:
-  enum class Kind { kWake, kAccept, kRecv, kSend, kRead };
+  enum class Kind { kWake, kAccept, kRecv, kSend, kRead, kTick };
+  // Where a connection is in its life. Only kReady connections may READ.
+  enum class Phase {
+    kHello,    // waiting for HELLO
+    kAuth,     // CHALLENGE sent, waiting for AUTH
+    kReady,    // WELCOME sent
+    kRefused,  // over --max-connections: ERROR BUSY, then closed
+  };
   struct Connection;
   struct Op {
     Kind kind;
@@ -144,8 +177,12 @@ class PageServer::Loop {
     Op recv_op{Kind::kRecv};
     Op send_op{Kind::kSend};
     UniqueFd fd;
-    bool greeted = false;
+    std::string peer;  // HOST:PORT, for log lines
+    Phase phase = Phase::kHello;
+    absl::Time deadline;  // for the handshake (or, refused, for hanging up)
+    protocol::Nonce server_nonce{};
     bool close_after_send = false;  // a fatal ERROR is queued
+    bool write_shut = false;        // refused: the ERROR is out, FIN sent
     bool closing = false;
     bool dead = false;  // nothing in flight; freed at the end of the batch
     bool recv_inflight = false;
@@ -160,7 +197,15 @@ class PageServer::Loop {
   };
 
   Loop(PageServer* server, std::unique_ptr<IoRing> ring) : server_(server), ring_(std::move(ring)) {
-    protocol::AppendWelcome(server->welcome_, &welcome_frame_);
+    protocol::Welcome welcome = server->welcome_;
+    welcome.features = server->options_.auth_key != nullptr ? protocol::kFeatureAuth : 0;
+    protocol::AppendWelcome(welcome, &welcome_frame_);
+    // Deadlines are checked on a tick: fine enough for timeouts of seconds,
+    // and one timer for the whole loop, not one per connection.
+    const absl::Duration tick = std::clamp(server->options_.handshake_timeout / 4,
+                                           absl::Milliseconds(10), absl::Seconds(1));
+    tick_ts_.tv_sec = absl::ToInt64Seconds(tick);
+    tick_ts_.tv_nsec = absl::ToInt64Nanoseconds(tick - absl::Seconds(tick_ts_.tv_sec));
   }
   ~Loop() {
     ring_.reset();  // cancels what is in flight before the buffers go
@@ -172,7 +217,13 @@ class PageServer::Loop {
   void Submit(Op* op, io_uring_sqe* sqe) { io_uring_sqe_set_data(sqe, op); }
   void ArmAccept();
   void ArmWake();
+  void ArmTick();
   void OnAccept(int res);
+  void OnTick();
+  void OnHello(Connection* c, const protocol::FrameHeader& header, std::span<const uint8_t> body);
+  void OnAuth(Connection* c, const protocol::FrameHeader& header, std::span<const uint8_t> body);
+  // Queues an ERROR after which the connection is closed.
+  void FatalError(Connection* c, uint64_t tag, protocol::ErrorCode code, absl::string_view message);
   void OnRecv(Connection* c, int res);
   void OnSend(Connection* c, int res);
   void OnRead(ReadOp* read, int res);
@@ -189,7 +240,11 @@ class PageServer::Loop {
   std::string welcome_frame_;
   Op wake_op_{Kind::kWake};
   Op accept_op_{Kind::kAccept};
+  Op tick_op_{Kind::kTick};
+  __kernel_timespec tick_ts_{};
   uint64_t wake_value_ = 0;
+  LogLimiter refused_log_{kPeerLogInterval}, timeout_log_{kPeerLogInterval},
+      no_auth_log_{kPeerLogInterval}, auth_failed_log_{kPeerLogInterval};
   std::unique_ptr<IoRing> ring_;
 };
 
@@ -213,9 +268,16 @@ void PageServer::Loop::ArmWake() {
   Submit(&wake_op_, sqe);
 }
 
+void PageServer::Loop::ArmTick() {
+  io_uring_sqe* sqe = ring_->GetSqe();
+  io_uring_prep_timeout(sqe, &tick_ts_, 0, 0);
+  Submit(&tick_op_, sqe);
+}
+
 void PageServer::Loop::Run() {
   ArmAccept();
   ArmWake();
+  ArmTick();
   bool stop = false;
   while (!stop) {
     io_uring_submit_and_wait(ring_->get(), 1);
@@ -240,6 +302,9 @@ void PageServer::Loop::Run() {
         case Kind::kRead:
           OnRead(reinterpret_cast<ReadOp*>(op), cqe->res);
           break;
+        case Kind::kTick:
+          OnTick();
+          break;
       }
     }
     io_uring_cq_advance(ring_->get(), seen);
@@ -254,17 +319,52 @@ void PageServer::Loop::OnAccept(int res) {
     return;
   }
   UniqueFd fd(res);
-  if (static_cast<int>(conns_.size()) >= server_->options_.max_connections) {
-    LogWarning("refusing a connection: %zu clients already connected", conns_.size());
-    return;
-  }
+  const Options& options = server_->options_;
+  int serving = 0, refused = 0;  // closing ones count: they still hold their fd
+  for (const Connection& c : conns_) ++(c.phase == Phase::kRefused ? refused : serving);
+  const bool over = serving >= options.max_connections;
+  // Refused connections linger briefly; past a second cap they get nothing.
+  if (over && refused >= options.max_connections) return;
   int one = 1;
   setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   Connection& c = conns_.emplace_back();
   c.recv_op.conn = &c;
   c.send_op.conn = &c;
   c.fd = std::move(fd);
+  c.peer = PeerAddress(c.fd.get());
+  c.deadline = absl::Now() + options.handshake_timeout;
+  if (over) {
+    uint64_t more = 0;
+    if (refused_log_.Allow(&more)) {
+      LogWarning("refusing client %s: too many connections (--max-connections %d)%s", c.peer,
+                 options.max_connections, LogLimiter::Suppressed(more));
+    }
+    c.phase = Phase::kRefused;
+    c.deadline = absl::Now() + std::min(options.handshake_timeout, kRefusedLinger);
+    std::string reply;
+    protocol::AppendError(
+        0, {protocol::ErrorCode::kBusy, absl::StrCat("too many connections (", serving, ")")},
+        &reply);
+    Reply(&c, reply);
+  }
   Pump(&c);
+}
+
+void PageServer::Loop::OnTick() {
+  ArmTick();
+  const absl::Time now = absl::Now();
+  for (Connection& c : conns_) {
+    if (c.closing || c.phase == Phase::kReady || now < c.deadline) continue;
+    if (c.phase != Phase::kRefused) {
+      uint64_t more = 0;
+      if (timeout_log_.Allow(&more)) {
+        LogWarning("dropping client %s: no handshake within %s (--handshake-timeout)%s", c.peer,
+                   absl::FormatDuration(server_->options_.handshake_timeout),
+                   LogLimiter::Suppressed(more));
+      }
+    }
+    Close(&c, "");
+  }
 }
 
 void PageServer::Loop::Pump(Connection* c) {
@@ -299,14 +399,91 @@ void PageServer::Loop::OnRecv(Connection* c, int res) {
   if (c->closing) return MaybeFree(c);
   if (res <= 0) return Close(c, res == 0 ? "" : std::strerror(-res));
   c->in_len += static_cast<size_t>(res);
-  Parse(c);
+  if (c->phase == Phase::kRefused) {
+    c->in_len = 0;  // drained until the peer hangs up or the linger ends
+  } else {
+    Parse(c);
+  }
   Pump(c);
+}
+
+void PageServer::Loop::FatalError(Connection* c, uint64_t tag, protocol::ErrorCode code,
+                                  absl::string_view message) {
+  std::string reply;
+  protocol::AppendError(tag, {code, std::string(message)}, &reply);
+  Reply(c, reply);
+  c->close_after_send = true;
+}
+
+void PageServer::Loop::OnHello(Connection* c, const protocol::FrameHeader& header,
+                               std::span<const uint8_t> body) {
+  absl::StatusOr<protocol::Hello> hello = header.type == FrameType::kHello
+                                              ? protocol::DecodeHello(body)
+                                              : absl::InvalidArgumentError("expected HELLO");
+  if (!hello.ok()) {
+    const auto code = absl::IsFailedPrecondition(hello.status()) ? protocol::ErrorCode::kBadVersion
+                                                                 : protocol::ErrorCode::kBadRequest;
+    return FatalError(c, header.tag, code, hello.status().message());
+  }
+  if (server_->options_.auth_key == nullptr) {
+    c->phase = Phase::kReady;
+    return Reply(c, welcome_frame_);
+  }
+  if ((hello->features & protocol::kFeatureAuth) == 0) {
+    uint64_t more = 0;
+    if (no_auth_log_.Allow(&more)) {
+      LogWarning("refusing client %s: it did not authenticate (no --auth-key-file?)%s", c->peer,
+                 LogLimiter::Suppressed(more));
+    }
+    return FatalError(c, header.tag, protocol::ErrorCode::kAuthRequired,
+                      "this page server requires authentication (--auth-key-file)");
+  }
+  absl::StatusOr<protocol::Nonce> nonce = RandomNonce();
+  if (!nonce.ok()) return Close(c, nonce.status().message());
+  c->server_nonce = *nonce;
+  c->phase = Phase::kAuth;
+  std::string challenge;
+  protocol::AppendChallenge({c->server_nonce}, &challenge);
+  Reply(c, challenge);
+}
+
+void PageServer::Loop::OnAuth(Connection* c, const protocol::FrameHeader& header,
+                              std::span<const uint8_t> body) {
+  absl::StatusOr<protocol::AuthRequest> auth = header.type == FrameType::kAuth
+                                                   ? protocol::DecodeAuth(body)
+                                                   : absl::InvalidArgumentError("expected AUTH");
+  if (!auth.ok()) {
+    return FatalError(c, header.tag, protocol::ErrorCode::kBadRequest, auth.status().message());
+  }
+  const AuthKey& key = *server_->options_.auth_key;
+  // A client nonce equal to ours would make the transcript symmetric; no
+  // honest client sends one.
+  if (auth->client_nonce == c->server_nonce ||
+      !key.Verify(AuthKey::Role::kClient, c->server_nonce, auth->client_nonce, auth->proof)) {
+    uint64_t more = 0;
+    if (auth_failed_log_.Allow(&more)) {
+      LogWarning("authentication failed for client %s: it does not hold this server's key%s",
+                 c->peer, LogLimiter::Suppressed(more));
+    }
+    return FatalError(c, header.tag, protocol::ErrorCode::kAuthFailed, "authentication failed");
+  }
+  absl::StatusOr<protocol::Proof> proof =
+      key.Prove(AuthKey::Role::kServer, c->server_nonce, auth->client_nonce);
+  if (!proof.ok()) return Close(c, proof.status().message());
+  std::string reply;
+  protocol::AppendAuthOk({*proof}, &reply);
+  reply += welcome_frame_;
+  c->phase = Phase::kReady;
+  Reply(c, reply);
 }
 
 void PageServer::Loop::Parse(Connection* c) {
   size_t pos = 0;
+  // Replies queued for sending count against the cap too: a client that
+  // sends READs but never reads the replies must not make them pile up.
   while (!c->closing && !c->close_after_send && c->in_len - pos >= protocol::kHeaderSize &&
-         c->reads_inflight < server_->options_.max_reads_per_connection) {
+         c->reads_inflight + static_cast<int>(c->out.size()) <
+             server_->options_.max_reads_per_connection) {
     absl::StatusOr<protocol::FrameHeader> header = protocol::DecodeHeader(
         std::span(c->in.data() + pos, protocol::kHeaderSize), kMaxClientBody);
     if (!header.ok()) return Close(c, header.status().message());
@@ -314,24 +491,15 @@ void PageServer::Loop::Parse(Connection* c) {
     if (c->in_len - pos < frame) break;
     std::span<const uint8_t> body(c->in.data() + pos + protocol::kHeaderSize, header->body_len);
     pos += frame;
-    std::string reply;
-    if (!c->greeted) {
-      absl::StatusOr<protocol::Hello> hello = header->type == FrameType::kHello
-                                                  ? protocol::DecodeHello(body)
-                                                  : absl::InvalidArgumentError("expected HELLO");
-      if (!hello.ok()) {
-        const auto code = absl::IsFailedPrecondition(hello.status())
-                              ? protocol::ErrorCode::kBadVersion
-                              : protocol::ErrorCode::kBadRequest;
-        protocol::AppendError(header->tag, {code, std::string(hello.status().message())}, &reply);
-        Reply(c, reply);
-        c->close_after_send = true;
-        break;
-      }
-      c->greeted = true;
-      Reply(c, welcome_frame_);
+    if (c->phase == Phase::kHello) {
+      OnHello(c, *header, body);
       continue;
     }
+    if (c->phase == Phase::kAuth) {
+      OnAuth(c, *header, body);
+      continue;
+    }
+    std::string reply;
     absl::StatusOr<protocol::ReadRequest> request =
         header->type == FrameType::kRead ? protocol::DecodeRead(body)
                                          : absl::InvalidArgumentError("expected READ");
@@ -434,6 +602,12 @@ void PageServer::Loop::OnSend(Connection* c, int res) {
     c->out_sent = 0;
   }
   if (c->close_after_send && c->out.empty()) return Close(c, "");
+  if (c->phase == Phase::kRefused && c->out.empty() && !c->write_shut) {
+    // The ERROR is out: FIN, and keep reading until the peer hangs up.
+    shutdown(c->fd.get(), SHUT_WR);
+    c->write_shut = true;
+  }
+  if (c->phase != Phase::kRefused) Parse(c);  // requests held back by the cap
   Pump(c);
 }
 

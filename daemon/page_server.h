@@ -5,6 +5,14 @@
 // Lifetime: Create opens the files and starts listening (connections queue
 // in the kernel from then on); Run serves on the calling thread until Stop.
 // Stop may be called from any thread.
+//
+// Limits, so that no peer can exhaust the server: at most max_connections
+// connections (one more gets ERROR BUSY and is closed); per connection at
+// most max_reads_per_connection READs being read or replied to (further
+// requests wait in the socket); a connection that has not completed the
+// handshake (authentication included) within handshake_timeout is dropped.
+// Memory for replies is therefore bounded by max_connections x
+// max_reads_per_connection x 1 MiB.
 #ifndef LAZYRAM_DAEMON_PAGE_SERVER_H_
 #define LAZYRAM_DAEMON_PAGE_SERVER_H_
 
@@ -14,6 +22,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "daemon/auth_key.h"
 #include "daemon/net_address.h"
 #include "daemon/protocol.h"
 #include "daemon/unique_fd.h"
@@ -29,12 +39,19 @@ class PageServer {
   struct Options {
     NetAddress listen;
     std::vector<RegionSpec> regions;
-    int max_connections = 256;
-    int max_reads_per_connection = 64;  // further requests wait in the socket
+    // The shared key (--auth-key-file): a client must prove it before it
+    // sees the region table. Null: anyone who can connect is served, which
+    // Create allows only on a loopback address unless `insecure`.
+    std::shared_ptr<const AuthKey> auth_key;
+    bool insecure = false;
+    int max_connections = 64;
+    int max_reads_per_connection = 64;  // READs being read + replies queued
+    absl::Duration handshake_timeout = absl::Seconds(10);
   };
 
-  // Validates names, opens every file, finds its holes (the zero extents of
-  // the handshake) and listens.
+  // Validates names and limits, opens every file, finds its holes (the
+  // zero extents of the handshake) and listens. Refuses (kFailedPrecondition)
+  // a non-loopback listen address without auth_key unless insecure.
   static absl::StatusOr<std::unique_ptr<PageServer>> Create(Options options);
   ~PageServer();
 

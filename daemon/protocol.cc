@@ -28,6 +28,9 @@ constexpr size_t kReadBodySize = 24;
 constexpr size_t kReadReservedSize = 7;
 constexpr size_t kPagesFixedSize = 24;  // region .. checksum
 constexpr size_t kErrorFixedSize = 6;
+constexpr size_t kChallengeBodySize = kNonceSize;
+constexpr size_t kAuthBodySize = kNonceSize + kProofSize;
+constexpr size_t kAuthOkBodySize = kProofSize;
 // Region sizes are file sizes (off_t); this also keeps page_count() from
 // overflowing.
 constexpr uint64_t kMaxRegionSize = std::numeric_limits<int64_t>::max();
@@ -227,6 +230,8 @@ constexpr ErrorCodeInfo kErrorCodes[] = {
     {ErrorCode::kOutOfRange, "OUT_OF_RANGE", absl::StatusCode::kOutOfRange},
     {ErrorCode::kIoError, "IO_ERROR", absl::StatusCode::kInternal},
     {ErrorCode::kBusy, "BUSY", absl::StatusCode::kResourceExhausted},
+    {ErrorCode::kAuthRequired, "AUTH_REQUIRED", absl::StatusCode::kUnauthenticated},
+    {ErrorCode::kAuthFailed, "AUTH_FAILED", absl::StatusCode::kUnauthenticated},
 };
 
 const ErrorCodeInfo* FindErrorCode(ErrorCode code) {
@@ -258,9 +263,9 @@ absl::StatusOr<FrameHeader> DecodeHeader(std::span<const uint8_t> bytes, uint32_
   header.flags = bytes[5];
   const uint16_t reserved = Load<uint16_t>(bytes.data() + 6);
   header.tag = Load<uint64_t>(bytes.data() + 8);
-  // Frame types are numbered contiguously from kHello to kError.
+  // Frame types are numbered contiguously from kHello to kAuthOk.
   if (type < static_cast<uint8_t>(FrameType::kHello) ||
-      type > static_cast<uint8_t>(FrameType::kError)) {
+      type > static_cast<uint8_t>(FrameType::kAuthOk)) {
     return Malformed("header", absl::StrCat("unknown frame type ", type));
   }
   header.type = static_cast<FrameType>(type);
@@ -326,6 +331,22 @@ void AppendError(uint64_t tag, const ErrorReply& error, std::string* out) {
   Put(out, static_cast<uint32_t>(error.code));
   Put(out, static_cast<uint16_t>(message.size()));
   out->append(message);
+}
+
+void AppendChallenge(const Challenge& challenge, std::string* out) {
+  AppendHeader(FrameType::kChallenge, 0, kChallengeBodySize, out);
+  PutBytes(out, challenge.server_nonce);
+}
+
+void AppendAuth(const AuthRequest& auth, std::string* out) {
+  AppendHeader(FrameType::kAuth, 0, kAuthBodySize, out);
+  PutBytes(out, auth.client_nonce);
+  PutBytes(out, auth.proof);
+}
+
+void AppendAuthOk(const AuthOk& ok, std::string* out) {
+  AppendHeader(FrameType::kAuthOk, 0, kAuthOkBodySize, out);
+  PutBytes(out, ok.proof);
 }
 
 void AppendPages(uint64_t tag, uint32_t region, uint64_t first_page, uint32_t count,
@@ -543,6 +564,44 @@ absl::StatusOr<ErrorReply> DecodeError(std::span<const uint8_t> body) {
   return ErrorReply{
       .code = static_cast<ErrorCode>(code),
       .message = std::string(reinterpret_cast<const char*>(message.data()), message.size())};
+}
+
+namespace {
+
+// The authentication bodies are fixed-size byte strings.
+absl::Status CheckFixedSize(absl::string_view frame, std::span<const uint8_t> body, size_t size) {
+  if (body.size() < size) return Truncated(frame);
+  if (body.size() > size) return TrailingBytes(frame, body.size() - size);
+  return absl::OkStatus();
+}
+
+template <size_t N>
+void CopyOut(std::span<const uint8_t> from, std::array<uint8_t, N>* to) {
+  std::memcpy(to->data(), from.data(), N);
+}
+
+}  // namespace
+
+absl::StatusOr<Challenge> DecodeChallenge(std::span<const uint8_t> body) {
+  if (absl::Status s = CheckFixedSize("CHALLENGE", body, kChallengeBodySize); !s.ok()) return s;
+  Challenge challenge;
+  CopyOut(body, &challenge.server_nonce);
+  return challenge;
+}
+
+absl::StatusOr<AuthRequest> DecodeAuth(std::span<const uint8_t> body) {
+  if (absl::Status s = CheckFixedSize("AUTH", body, kAuthBodySize); !s.ok()) return s;
+  AuthRequest auth;
+  CopyOut(body.first(kNonceSize), &auth.client_nonce);
+  CopyOut(body.subspan(kNonceSize), &auth.proof);
+  return auth;
+}
+
+absl::StatusOr<AuthOk> DecodeAuthOk(std::span<const uint8_t> body) {
+  if (absl::Status s = CheckFixedSize("AUTH_OK", body, kAuthOkBodySize); !s.ok()) return s;
+  AuthOk ok;
+  CopyOut(body, &ok.proof);
+  return ok;
 }
 
 // --- Helpers -----------------------------------------------------------------

@@ -13,6 +13,7 @@
 #ifndef LAZYRAM_DAEMON_PROTOCOL_H_
 #define LAZYRAM_DAEMON_PROTOCOL_H_
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -45,12 +46,27 @@ inline constexpr uint32_t kMaxRegions = 4096;
 // An ERROR frame's message is at most this many bytes; AppendError truncates.
 inline constexpr size_t kMaxErrorMessage = 1024;
 
+// Feature bits, in HELLO (what the client asks for) and WELCOME (what is in
+// use on this connection).
+// kFeatureAuth: the client holds a shared key and authenticates with
+// CHALLENGE / AUTH / AUTH_OK before WELCOME (docs/protocol.md,
+// "Authentication").
+inline constexpr uint32_t kFeatureAuth = 1u << 0;
+// Authentication: random nonces from each side, HMAC-SHA256 proofs.
+inline constexpr size_t kNonceSize = 32;
+inline constexpr size_t kProofSize = 32;
+
 enum class FrameType : uint8_t {
   kHello = 1,    // client -> server, first frame
   kWelcome = 2,  // server -> client, answer to kHello
   kRead = 3,     // client -> server, tagged
   kPages = 4,    // server -> client, answer to kRead with the same tag
   kError = 5,    // server -> client, answer to any frame with its tag
+  // Authentication (only after a HELLO with kFeatureAuth, to a server with
+  // a key): the server challenges, the client proves, the server proves.
+  kChallenge = 6,  // server -> client, answer to kHello
+  kAuth = 7,       // client -> server, answer to kChallenge
+  kAuthOk = 8,     // server -> client, answer to kAuth; kWelcome follows
 };
 
 enum class Priority : uint8_t {
@@ -71,7 +87,9 @@ enum class ErrorCode : uint32_t {
   kNoSuchRegion = 3,  // region index out of range
   kOutOfRange = 4,    // pages beyond the region's end, or count 0 / too large
   kIoError = 5,       // the server could not read its file
-  kBusy = 6,          // too many requests in flight on this connection
+  kBusy = 6,          // too many requests in flight, or too many connections
+  kAuthRequired = 7,  // the server has a key; the HELLO did not ask to authenticate
+  kAuthFailed = 8,    // the client's proof is wrong: it does not hold the server's key
 };
 
 struct FrameHeader {
@@ -124,6 +142,22 @@ struct PagesView {
   std::span<const uint8_t> payload;  // kPageSize bytes per kData page
 };
 
+using Nonce = std::array<uint8_t, kNonceSize>;
+using Proof = std::array<uint8_t, kProofSize>;
+
+struct Challenge {
+  Nonce server_nonce{};
+};
+
+struct AuthRequest {
+  Nonce client_nonce{};
+  Proof proof{};  // the client's proof over both nonces
+};
+
+struct AuthOk {
+  Proof proof{};  // the server's proof over both nonces
+};
+
 struct ErrorReply {
   ErrorCode code = ErrorCode::kBadRequest;
   std::string message;
@@ -145,6 +179,9 @@ void AppendHello(const Hello& hello, std::string* out);
 void AppendWelcome(const Welcome& welcome, std::string* out);
 void AppendRead(uint64_t tag, const ReadRequest& request, std::string* out);
 void AppendError(uint64_t tag, const ErrorReply& error, std::string* out);
+void AppendChallenge(const Challenge& challenge, std::string* out);
+void AppendAuth(const AuthRequest& auth, std::string* out);
+void AppendAuthOk(const AuthOk& ok, std::string* out);
 // Appends a PAGES frame for `count` pages whose bytes are `pages`
 // (count * kPageSize bytes; a short final page must be zero-padded by the
 // caller). Zero pages are detected here and elided from the payload.
@@ -172,6 +209,10 @@ absl::StatusOr<ReadRequest> DecodeRead(std::span<const uint8_t> body);
 // region/first_page/count against their region table.
 absl::StatusOr<PagesView> DecodePages(std::span<const uint8_t> body);
 absl::StatusOr<ErrorReply> DecodeError(std::span<const uint8_t> body);
+// Fixed-size bodies: anything but the exact length is kInvalidArgument.
+absl::StatusOr<Challenge> DecodeChallenge(std::span<const uint8_t> body);
+absl::StatusOr<AuthRequest> DecodeAuth(std::span<const uint8_t> body);
+absl::StatusOr<AuthOk> DecodeAuthOk(std::span<const uint8_t> body);
 
 // Checksum of a PAGES frame: XXH3-64 over the flag bytes, then the payload.
 uint64_t PagesChecksum(std::span<const uint8_t> flags, std::span<const uint8_t> payload);

@@ -94,7 +94,7 @@ Welcome SampleWelcome() {
 // --- Header ------------------------------------------------------------------
 
 TEST(HeaderTest, RoundTrip) {
-  for (uint8_t type = 1; type <= 5; ++type) {
+  for (uint8_t type = 1; type <= 8; ++type) {
     const FrameHeader in{.body_len = 0xdeadbe,
                          .type = static_cast<FrameType>(type),
                          .flags = 3,
@@ -128,7 +128,7 @@ TEST(HeaderTest, ShortHeaderIsInvalid) {
 }
 
 TEST(HeaderTest, UnknownTypeIsInvalid) {
-  for (int type : {0, 6, 0x80, 0xff}) {
+  for (int type : {0, 9, 0x80, 0xff}) {
     uint8_t bytes[kHeaderSize];
     EncodeHeader({.body_len = 1, .type = FrameType::kRead}, bytes);
     bytes[4] = static_cast<uint8_t>(type);
@@ -656,7 +656,7 @@ TEST(PagesTest, SwappedFlagsAreDataLoss) {
 // --- ERROR -------------------------------------------------------------------
 
 TEST(ErrorTest, RoundTripEveryCode) {
-  for (uint32_t code = 1; code <= 6; ++code) {
+  for (uint32_t code = 1; code <= 8; ++code) {
     const ErrorReply in{.code = static_cast<ErrorCode>(code), .message = "region 3 is gone"};
     absl::StatusOr<ErrorReply> out = DecodeError(Bytes(ErrorBody(in)));
     ASSERT_TRUE(out.ok()) << out.status();
@@ -706,7 +706,7 @@ TEST(ErrorTest, TrailingBytesAreInvalid) {
 }
 
 TEST(ErrorTest, UnknownCodeIsInvalid) {
-  for (uint32_t code : {0u, 7u, 0xffffffffu}) {
+  for (uint32_t code : {0u, 9u, 0xffffffffu}) {
     std::string body = ErrorBody({.code = ErrorCode::kBusy, .message = ""});
     PutLE<uint32_t>(&body, 0, code);
     EXPECT_TRUE(absl::IsInvalidArgument(DecodeError(Bytes(body)).status())) << code;
@@ -724,6 +724,8 @@ TEST(ErrorTest, ToStatus) {
       {ErrorCode::kOutOfRange, absl::StatusCode::kOutOfRange},
       {ErrorCode::kIoError, absl::StatusCode::kInternal},
       {ErrorCode::kBusy, absl::StatusCode::kResourceExhausted},
+      {ErrorCode::kAuthRequired, absl::StatusCode::kUnauthenticated},
+      {ErrorCode::kAuthFailed, absl::StatusCode::kUnauthenticated},
   };
   for (const auto& c : cases) {
     const absl::Status status = ErrorToStatus({.code = c.code, .message = "why"});
@@ -736,6 +738,84 @@ TEST(ErrorTest, ToStatus) {
   EXPECT_EQ(ErrorToStatus({.code = static_cast<ErrorCode>(99), .message = ""}).code(),
             absl::StatusCode::kUnknown);
   EXPECT_EQ(ErrorCodeName(static_cast<ErrorCode>(99)), "UNKNOWN");
+}
+
+// --- Authentication: CHALLENGE, AUTH, AUTH_OK ---------------------------------
+
+Nonce Filled(uint8_t first) {
+  Nonce n;
+  for (size_t i = 0; i < n.size(); ++i) n[i] = static_cast<uint8_t>(first + i);
+  return n;
+}
+
+std::string ChallengeBody(const Challenge& challenge) {
+  std::string frame;
+  AppendChallenge(challenge, &frame);
+  return BodyOf(frame, FrameType::kChallenge);
+}
+
+std::string AuthBody(const AuthRequest& auth) {
+  std::string frame;
+  AppendAuth(auth, &frame);
+  return BodyOf(frame, FrameType::kAuth);
+}
+
+std::string AuthOkBody(const AuthOk& ok) {
+  std::string frame;
+  AppendAuthOk(ok, &frame);
+  return BodyOf(frame, FrameType::kAuthOk);
+}
+
+TEST(AuthFramesTest, RoundTrip) {
+  const Challenge challenge{Filled(1)};
+  absl::StatusOr<Challenge> c = DecodeChallenge(Bytes(ChallengeBody(challenge)));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->server_nonce, challenge.server_nonce);
+
+  const AuthRequest auth{Filled(40), Filled(90)};
+  absl::StatusOr<AuthRequest> a = DecodeAuth(Bytes(AuthBody(auth)));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->client_nonce, auth.client_nonce);
+  EXPECT_EQ(a->proof, auth.proof);
+
+  const AuthOk ok{Filled(200)};
+  absl::StatusOr<AuthOk> o = DecodeAuthOk(Bytes(AuthOkBody(ok)));
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->proof, ok.proof);
+}
+
+TEST(AuthFramesTest, WireLayout) {
+  const std::string auth = AuthBody({Filled(0), Filled(100)});
+  ASSERT_EQ(auth.size(), kNonceSize + kProofSize);
+  EXPECT_EQ(static_cast<uint8_t>(auth[0]), 0);             // client nonce first
+  EXPECT_EQ(static_cast<uint8_t>(auth[kNonceSize]), 100);  // then the proof
+  EXPECT_EQ(ChallengeBody({Filled(7)}).size(), kNonceSize);
+  EXPECT_EQ(AuthOkBody({Filled(7)}).size(), kProofSize);
+  // The feature bit the client sets to authenticate.
+  EXPECT_EQ(HelloBody({.features = kFeatureAuth}).substr(12), std::string("\x01\0\0\0", 4));
+}
+
+TEST(AuthFramesTest, EveryWrongLengthIsInvalid) {
+  const std::string bodies[] = {ChallengeBody({Filled(1)}), AuthBody({Filled(1), Filled(2)}),
+                                AuthOkBody({Filled(3)})};
+  for (int which = 0; which < 3; ++which) {
+    const std::string& body = bodies[which];
+    auto decode = [which](std::span<const uint8_t> b) {
+      switch (which) {
+        case 0:
+          return DecodeChallenge(b).status();
+        case 1:
+          return DecodeAuth(b).status();
+        default:
+          return DecodeAuthOk(b).status();
+      }
+    };
+    for (size_t n = 0; n < body.size(); ++n) {
+      EXPECT_TRUE(absl::IsInvalidArgument(decode(Prefix(body, n)))) << which << " " << n;
+    }
+    EXPECT_TRUE(absl::IsInvalidArgument(decode(Bytes(body + 'x')))) << which;
+    EXPECT_TRUE(decode(Prefix(body, body.size())).ok()) << which;
+  }
 }
 
 // --- IsZeroPage --------------------------------------------------------------
@@ -768,6 +848,9 @@ void DecodeEverything(std::span<const uint8_t> bytes) {
   (void)DecodeWelcome(bytes).ok();
   (void)DecodeRead(bytes).ok();
   (void)DecodeError(bytes).ok();
+  (void)DecodeChallenge(bytes).ok();
+  (void)DecodeAuth(bytes).ok();
+  (void)DecodeAuthOk(bytes).ok();
   absl::StatusOr<PagesView> pages = DecodePages(bytes);
   if (pages.ok()) {
     // A random PAGES body can only pass with a matching checksum; if one

@@ -207,6 +207,15 @@ void Region::Land(Run run, absl::StatusOr<FetchedPages> pages, PageState claimed
     demand_latency_.Record(static_cast<uint64_t>(absl::ToInt64Microseconds(absl::Now() - started)));
   }
   Release(std::move(woken), error);
+  if (claimed == PageState::kPulling && error.ok()) {
+    absl::MutexLock lock(&listener_mu_);
+    if (pull_listener_) pull_listener_(run.first, run.count);
+  }
+}
+
+void Region::SetPullListener(PullListener listener) {
+  absl::MutexLock lock(&listener_mu_);
+  pull_listener_ = std::move(listener);
 }
 
 std::vector<Region::Waiter*> Region::Publish(

@@ -76,6 +76,8 @@ class Region {
   bool has_source() const { return source_ != nullptr; }
   Store& store() { return *store_; }
 
+  PageState page_state(uint64_t page) const { return map_.Get(page); }
+
   // True when every page of [offset, offset+length) is local.
   bool IsLocal(uint64_t offset, uint64_t length) const;
 
@@ -114,6 +116,12 @@ class Region {
 
   bool complete() const;
   RegionStats Stats() const;
+
+  // Called with each run of pages a background pull made present (not
+  // demand fetches: a READ is waiting on those), after they became local,
+  // on the thread that landed them; must not block. Null clears it.
+  using PullListener = absl::AnyInvocable<void(uint64_t first_page, uint32_t count)>;
+  void SetPullListener(PullListener listener);
 
  private:
   struct Waiter;
@@ -163,6 +171,9 @@ class Region {
   // Guards every transition out of a non-local state and the waiter lists.
   mutable absl::Mutex waiters_mu_;
   absl::flat_hash_map<uint64_t, std::vector<Waiter*>> waiters_ ABSL_GUARDED_BY(waiters_mu_);
+
+  absl::Mutex listener_mu_;
+  PullListener pull_listener_ ABSL_GUARDED_BY(listener_mu_);
 
   std::atomic<uint64_t> fault_hint_{UINT64_MAX};
   std::atomic<uint64_t> bytes_fetched_{0};

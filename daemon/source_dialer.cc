@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "daemon/errno_status.h"
 
 namespace lazyram {
@@ -34,26 +35,15 @@ absl::Status ReadFull(int fd, uint8_t* out, size_t len, const NetAddress& addres
   return absl::OkStatus();
 }
 
-}  // namespace
+// One handshake frame: the header (bounded by kMaxHandshakeBody) and its body.
+struct HandshakeFrame {
+  protocol::FrameHeader header;
+  std::vector<uint8_t> body;
+};
 
-absl::StatusOr<DialedSource> DialSource(const NetAddress& address, absl::Duration timeout) {
-  absl::StatusOr<UniqueFd> fd = ConnectTcp(address, timeout);
-  if (!fd.ok()) return fd.status();
-  timeval tv = absl::ToTimeval(timeout);
-  setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-
-  std::string hello;
-  protocol::AppendHello(protocol::Hello{}, &hello);
-  if (send(fd->get(), hello.data(), hello.size(), MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(hello.size())) {
-    return absl::UnavailableError(
-        ErrnoStatus(errno, absl::StrCat("sending handshake to ", address.ToString())).message());
-  }
+absl::StatusOr<HandshakeFrame> ReadFrame(int fd, const NetAddress& address) {
   uint8_t header_bytes[protocol::kHeaderSize];
-  if (absl::Status s = ReadFull(fd->get(), header_bytes, sizeof header_bytes, address); !s.ok()) {
-    return s;
-  }
+  if (absl::Status s = ReadFull(fd, header_bytes, sizeof header_bytes, address); !s.ok()) return s;
   absl::StatusOr<protocol::FrameHeader> header =
       protocol::DecodeHeader(header_bytes, protocol::kMaxHandshakeBody);
   if (!header.ok()) {
@@ -61,18 +51,115 @@ absl::StatusOr<DialedSource> DialSource(const NetAddress& address, absl::Duratio
         header.status().code(),
         absl::StrCat("bad handshake from ", address.ToString(), ": ", header.status().message()));
   }
-  std::vector<uint8_t> body(header->body_len);
-  if (absl::Status s = ReadFull(fd->get(), body.data(), body.size(), address); !s.ok()) return s;
-  if (header->type == protocol::FrameType::kError) {
-    absl::StatusOr<protocol::ErrorReply> error = protocol::DecodeError(body);
-    if (!error.ok()) return error.status();
-    return protocol::ErrorToStatus(*error);
+  HandshakeFrame frame{*header, std::vector<uint8_t>(header->body_len)};
+  if (absl::Status s = ReadFull(fd, frame.body.data(), frame.body.size(), address); !s.ok()) {
+    return s;
   }
-  if (header->type != protocol::FrameType::kWelcome) {
+  return frame;
+}
+
+absl::Status SendAll(int fd, const std::string& bytes, const NetAddress& address) {
+  if (send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(bytes.size())) {
+    return absl::UnavailableError(
+        ErrnoStatus(errno, absl::StrCat("sending handshake to ", address.ToString())).message());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RequiresAuthentication(const NetAddress& address) {
+  return absl::UnauthenticatedError(
+      absl::StrCat(address.ToString(), ": page server requires authentication (--auth-key-file)"));
+}
+
+// The status for an ERROR frame received during the handshake.
+absl::Status HandshakeError(const HandshakeFrame& frame, const NetAddress& address) {
+  absl::StatusOr<protocol::ErrorReply> error = protocol::DecodeError(frame.body);
+  if (!error.ok()) return error.status();
+  switch (error->code) {
+    case protocol::ErrorCode::kAuthRequired:
+      return RequiresAuthentication(address);
+    case protocol::ErrorCode::kAuthFailed:
+      return absl::UnauthenticatedError(
+          absl::StrCat("authentication failed: page server ", address.ToString(),
+                       " rejected the key (its --auth-key-file holds another one)"));
+    default:
+      return protocol::ErrorToStatus(*error);
+  }
+}
+
+absl::Status Unexpected(const HandshakeFrame& frame, absl::string_view wanted,
+                        const NetAddress& address) {
+  if (frame.header.type == protocol::FrameType::kError) return HandshakeError(frame, address);
+  return absl::InvalidArgumentError(
+      absl::StrCat("bad handshake from ", address.ToString(), ": expected ", wanted));
+}
+
+// CHALLENGE -> AUTH -> AUTH_OK; returns once the server has proved the key.
+absl::Status Authenticate(int fd, const HandshakeFrame& challenge_frame, const AuthKey& key,
+                          const NetAddress& address) {
+  absl::StatusOr<protocol::Challenge> challenge = protocol::DecodeChallenge(challenge_frame.body);
+  if (!challenge.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("bad handshake from ", address.ToString(), ": ",
+                                                   challenge.status().message()));
+  }
+  absl::StatusOr<protocol::Nonce> client_nonce = RandomNonce();
+  if (!client_nonce.ok()) return client_nonce.status();
+  absl::StatusOr<protocol::Proof> proof =
+      key.Prove(AuthKey::Role::kClient, challenge->server_nonce, *client_nonce);
+  if (!proof.ok()) return proof.status();
+  std::string auth;
+  protocol::AppendAuth({*client_nonce, *proof}, &auth);
+  if (absl::Status s = SendAll(fd, auth, address); !s.ok()) return s;
+
+  absl::StatusOr<HandshakeFrame> frame = ReadFrame(fd, address);
+  if (!frame.ok()) return frame.status();
+  if (frame->header.type != protocol::FrameType::kAuthOk) {
+    return Unexpected(*frame, "AUTH_OK", address);
+  }
+  absl::StatusOr<protocol::AuthOk> ok = protocol::DecodeAuthOk(frame->body);
+  if (!ok.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("bad handshake from ", address.ToString(), ": expected WELCOME"));
+        absl::StrCat("bad handshake from ", address.ToString(), ": ", ok.status().message()));
   }
-  absl::StatusOr<protocol::Welcome> welcome = protocol::DecodeWelcome(body);
+  // Mutual: a server that merely accepted our proof has not shown it
+  // holds the key; one that cannot is not trusted with the mount.
+  if (!key.Verify(AuthKey::Role::kServer, challenge->server_nonce, *client_nonce, ok->proof)) {
+    return absl::UnauthenticatedError(absl::StrCat("authentication failed: page server ",
+                                                   address.ToString(), " did not prove the key"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<DialedSource> DialSource(const NetAddress& address, absl::Duration timeout,
+                                        const AuthKey* key) {
+  absl::StatusOr<UniqueFd> fd = ConnectTcp(address, timeout);
+  if (!fd.ok()) return fd.status();
+  timeval tv = absl::ToTimeval(timeout);
+  setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+
+  std::string hello;
+  protocol::AppendHello({.features = key != nullptr ? protocol::kFeatureAuth : 0}, &hello);
+  if (absl::Status s = SendAll(fd->get(), hello, address); !s.ok()) return s;
+  absl::StatusOr<HandshakeFrame> frame = ReadFrame(fd->get(), address);
+  if (!frame.ok()) return frame.status();
+  if (frame->header.type == protocol::FrameType::kChallenge) {
+    if (key == nullptr) return RequiresAuthentication(address);
+    if (absl::Status s = Authenticate(fd->get(), *frame, *key, address); !s.ok()) return s;
+    frame = ReadFrame(fd->get(), address);
+    if (!frame.ok()) return frame.status();
+  } else if (key != nullptr && frame->header.type == protocol::FrameType::kWelcome) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("page server ", address.ToString(),
+                     " does not authenticate (it runs without --auth-key-file); refusing it "
+                     "because this side was given --auth-key-file"));
+  }
+  if (frame->header.type != protocol::FrameType::kWelcome) {
+    return Unexpected(*frame, "WELCOME", address);
+  }
+  absl::StatusOr<protocol::Welcome> welcome = protocol::DecodeWelcome(frame->body);
   if (!welcome.ok()) {
     return absl::Status(
         welcome.status().code(),

@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "daemon/auth_key.h"
 #include "daemon/net_address.h"
 #include "daemon/protocol.h"
 #include "daemon/unique_fd.h"
@@ -22,7 +23,13 @@ struct DialedSource {
 // kUnavailable when the server cannot be reached or drops the connection;
 // kInvalidArgument / kFailedPrecondition / kDataLoss when it answers with
 // something that is not a valid WELCOME.
-absl::StatusOr<DialedSource> DialSource(const NetAddress& address, absl::Duration timeout);
+//
+// With `key`, the handshake authenticates both ways (docs/protocol.md) and
+// a server that does not prove the key, or does not ask for it, is refused
+// with kUnauthenticated. Without `key`, a server that requires one gives
+// kUnauthenticated "page server requires authentication (--auth-key-file)".
+absl::StatusOr<DialedSource> DialSource(const NetAddress& address, absl::Duration timeout,
+                                        const AuthKey* key = nullptr);
 
 // What differs between the region table a mount started with (`was`) and
 // the one a server now sends (`now`), for a log line; empty when both list

@@ -59,6 +59,13 @@ absl::StatusOr<std::unique_ptr<Filesystem>> Filesystem::Mount(Engine* engine, Op
     return absl::UnavailableError(
         absl::StrCat("cannot mount on ", fs->options_.mountpoint, " (is /dev/fuse available?)"));
   }
+  if (fs->options_.push && !fs->options_.read_only) {
+    fs->pusher_ = std::make_unique<PagePusher>(engine, fs->options_.mountpoint);
+    PagePusher* p = fs->pusher_.get();
+    engine->SetStatusSection("push", [p] { return p->StatusJson(); });
+  } else {
+    engine->SetStatusSection("push", [] { return nlohmann::json{{"enabled", false}}; });
+  }
   if (absl::Status s = RaiseWritebackLimits(fs->options_.mountpoint); !s.ok()) {
     LogWarning("guest writes may be slow: %s", s.message());
   }
@@ -66,6 +73,8 @@ absl::StatusOr<std::unique_ptr<Filesystem>> Filesystem::Mount(Engine* engine, Op
 }
 
 Filesystem::~Filesystem() {
+  engine_->SetStatusSection("push", nullptr);
+  pusher_.reset();
   if (session_ == nullptr) return;
   fuse_session_unmount(session_);
   fuse_session_destroy(session_);
@@ -86,7 +95,12 @@ absl::Status Filesystem::Run() {
 }
 
 absl::Status Filesystem::Unmount(bool lazy) {
+  // The pusher's own descriptors must not make the mount busy.
+  if (pusher_ != nullptr) pusher_->Pause();
   if (umount2(options_.mountpoint.c_str(), lazy ? MNT_DETACH : 0) == 0) return absl::OkStatus();
+  const int error = errno;
+  if (pusher_ != nullptr) pusher_->Resume();
+  errno = error;
   if (errno == EBUSY) {
     return absl::FailedPreconditionError(
         absl::StrCat("mount point ", options_.mountpoint,

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "daemon/engine.h"
+#include "fusefs/page_pusher.h"
 #include "fusefs/views.h"
 
 struct fuse_session;
@@ -32,6 +33,8 @@ class Filesystem {
     // Mount read-only (-o ro): the kernel refuses every write with EROFS,
     // and so do the handlers.
     bool read_only = false;
+    // Push pulled pages into the page cache (fusefs/page_pusher.h).
+    bool push = true;
   };
 
   // Mounts. The engine must outlive the Filesystem.
@@ -57,6 +60,8 @@ class Filesystem {
   struct stat RootAttr() const;
   // The views/ folder; null when the engine has no views.
   ViewsDir* views() const { return views_.get(); }
+  // Null when pushing is off.
+  PagePusher* pusher() const { return pusher_.get(); }
 
  private:
   Filesystem(Engine* engine, Options options);
@@ -66,6 +71,7 @@ class Filesystem {
   const timespec mount_time_;  // every file's mtime: a changed mtime drops caches
   std::unique_ptr<ViewsDir> views_;
   fuse_session* session_ = nullptr;
+  std::unique_ptr<PagePusher> pusher_;  // before session_ goes
 };
 
 }  // namespace lazyram::fusefs

@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -125,6 +126,21 @@ class BadInputTest : public ::testing::Test {
     return r;
   }
 
+  // Key files that must be refused, and what the error must say.
+  std::vector<std::pair<std::string, std::string>> BadKeyFiles() {
+    auto write = [this](const std::string& name, const std::string& content, mode_t mode) {
+      const std::string path = dir_.Sub(name);
+      std::ofstream(path) << content;
+      chmod(path.c_str(), mode);
+      return path;
+    };
+    const std::string missing = dir_.Sub("no-such-key");
+    return {{missing, "No such file"},
+            {write("open-key", "0123456789abcdef0123456789\n", 0644), "chmod 600"},
+            {write("short-key", "short\n", 0600), "at least 16"},
+            {write("empty-key", "", 0600), "empty"}};
+  }
+
   TempDir dir_;
   const std::string image_ = dir_.Sub("image");
   const std::string mountpoint_ = dir_.Sub("mnt");
@@ -197,6 +213,32 @@ TEST_F(BadInputTest, DuplicatedRegionName) {
 
 TEST_F(BadInputTest, RegionWithoutEquals) {
   ExpectOneErrorLine(Serve({"--region", "noequals"}), {"noequals"});
+}
+
+// --- lazyramd serve: authentication, listen policy, limits -----------------
+
+TEST_F(BadInputTest, ServeKeyFileProblems) {
+  for (const auto& [key, mention] : BadKeyFiles()) {
+    SCOPED_TRACE(key);
+    ExpectOneErrorLine(Serve({"--region", "mem0=" + image_, "--auth-key-file", key}),
+                       {key, mention});
+  }
+}
+
+TEST_F(BadInputTest, ServeOnANonLoopbackAddressWithoutKey) {
+  ExpectOneErrorLine(Lazyramd({"serve", "--listen", "0.0.0.0:0", "--region", "mem0=" + image_}),
+                     {"0.0.0.0", "--auth-key-file", "--insecure"});
+}
+
+TEST_F(BadInputTest, ServeBadLimits) {
+  const std::vector<std::vector<std::string>> cases = {
+      {"--max-connections", "0"}, {"--max-connections", "many"}, {"--max-inflight", "0"},
+      {"--max-inflight", "-3"},   {"--handshake-timeout", "0"},  {"--handshake-timeout", "soon"},
+  };
+  for (const std::vector<std::string>& flag : cases) {
+    SCOPED_TRACE(flag[0] + " " + flag[1]);
+    ExpectOneErrorLine(Serve({"--region", "mem0=" + image_, flag[0], flag[1]}), {flag[0]});
+  }
 }
 
 // --- lazyramd mount ----------------------------------------------------------
@@ -326,6 +368,28 @@ TEST_F(BadInputTest, SourceNeverAnswers) {
                      {silent.address()});
 }
 
+TEST_F(BadInputTest, MountKeyFileProblems) {
+  const std::string address = absl::StrCat("127.0.0.1:", ClosedPort());
+  for (const auto& [key, mention] : BadKeyFiles()) {
+    SCOPED_TRACE(key);
+    // The key is checked before the source is dialled.
+    ExpectOneErrorLine(Mount(mountpoint_, {"--source", "tcp://" + address, "--auth-key-file", key}),
+                       {key, mention});
+    ExpectOneErrorLine(Mount(mountpoint_, {"--source", "tcp://" + address, "--auth-key-file", key,
+                                           "--foreground"}),
+                       {key, mention});
+  }
+}
+
+TEST_F(BadInputTest, MountKeyWithoutAPageServer) {
+  const std::string key = dir_.Sub("key");
+  std::ofstream(key) << "0123456789abcdef0123456789\n";
+  chmod(key.c_str(), 0600);
+  ExpectOneErrorLine(Mount(mountpoint_, {"--auth-key-file", key}), {"--auth-key-file", "tcp://"});
+  ExpectOneErrorLine(Mount(mountpoint_, {"--source", "file://" + image_, "--auth-key-file", key}),
+                     {"--auth-key-file", "tcp://"});
+}
+
 TEST_F(BadInputTest, MissingStoreDirectory) {
   const std::string missing = dir_.Sub("no-such-store");
   ExpectOneErrorLine(Mount(mountpoint_, {"--store", missing}), {missing});
@@ -376,9 +440,11 @@ void ExpectHelp(const RunResult& r, const std::vector<std::string>& mentions) {
 
 TEST_F(BadInputTest, HelpDocumentsEveryFlag) {
   ExpectHelp(Lazyramd({"--help"}), {"serve", "mount"});
-  ExpectHelp(Lazyramd({"serve", "--help"}), {"--listen", "--region"});
-  ExpectHelp(Lazyramd({"mount", "--help"}),
-             {"MOUNTPOINT", "--source", "--store", "--control", "--prefetch", "--foreground"});
+  ExpectHelp(Lazyramd({"serve", "--help"}),
+             {"--listen", "--region", "--auth-key-file", "--insecure", "--max-connections",
+              "--max-inflight", "--handshake-timeout"});
+  ExpectHelp(Lazyramd({"mount", "--help"}), {"MOUNTPOINT", "--source", "--store", "--control",
+                                             "--prefetch", "--foreground", "--auth-key-file"});
   ExpectHelp(Lazyramctl({"--help"}), {"--control", "status", "wait", "prefetch", "unmount"});
   ExpectHelp(Lazyramctl({"status", "--help"}), {"--json"});
   ExpectHelp(Lazyramctl({"wait", "--help"}), {"--timeout", "--progress"});

@@ -172,28 +172,43 @@ RunResult Run(const std::vector<std::string>& argv, absl::Duration timeout) {
 
 absl::StatusOr<std::unique_ptr<PageServerProcess>> PageServerProcess::Start(
     const std::vector<std::string>& regions, uint16_t port) {
+  Options options;
+  options.port = port;
+  return Start(regions, options);
+}
+
+absl::StatusOr<std::unique_ptr<PageServerProcess>> PageServerProcess::Start(
+    const std::vector<std::string>& regions, const Options& options) {
   // A fixed port may be held for a moment by a client's reconnect attempt
   // (a TCP self-connect on loopback): retry a restart on the same port.
-  absl::StatusOr<std::unique_ptr<PageServerProcess>> server = StartOnce(regions, port);
-  for (int i = 0; i < 50 && port != 0 && !server.ok(); ++i) {
+  absl::StatusOr<std::unique_ptr<PageServerProcess>> server = StartOnce(regions, options);
+  for (int i = 0; i < 50 && options.port != 0 && !server.ok(); ++i) {
     absl::SleepFor(absl::Milliseconds(100));
-    server = StartOnce(regions, port);
+    server = StartOnce(regions, options);
   }
   return server;
 }
 
 absl::StatusOr<std::unique_ptr<PageServerProcess>> PageServerProcess::StartOnce(
-    const std::vector<std::string>& regions, uint16_t port) {
+    const std::vector<std::string>& regions, const Options& options) {
   std::vector<std::string> argv = {LazyramdPath(), "serve", "--listen",
-                                   absl::StrCat("127.0.0.1:", port)};
+                                   absl::StrCat(options.host, ":", options.port)};
   for (const std::string& r : regions) {
     argv.push_back("--region");
     argv.push_back(r);
   }
+  argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
   int out[2];
   if (pipe2(out, O_CLOEXEC) != 0) return absl::InternalError("pipe");
   auto server = std::unique_ptr<PageServerProcess>(new PageServerProcess);
-  server->pid_ = Spawn(argv, out[1], -1);
+  server->host_ = options.host;
+  server->log_path_ = options.log_path;
+  int log_fd = -1;
+  if (!options.log_path.empty()) {
+    log_fd = open(options.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  }
+  server->pid_ = Spawn(argv, out[1], log_fd);
+  if (log_fd >= 0) close(log_fd);
   close(out[1]);
   std::string line;
   const absl::Time deadline = absl::Now() + absl::Seconds(20);
@@ -207,7 +222,7 @@ absl::StatusOr<std::unique_ptr<PageServerProcess>> PageServerProcess::StartOnce(
     line.append(buf, static_cast<size_t>(n));
   }
   close(out[0]);  // the server prints nothing else on stdout
-  const std::string prefix = "listening on 127.0.0.1:";
+  const std::string prefix = absl::StrCat("listening on ", options.host, ":");
   uint32_t parsed = 0;
   if (line.rfind(prefix, 0) != 0 ||
       !absl::SimpleAtoi(line.substr(prefix.size(), line.find('\n') - prefix.size()), &parsed)) {
@@ -218,6 +233,14 @@ absl::StatusOr<std::unique_ptr<PageServerProcess>> PageServerProcess::StartOnce(
 }
 
 PageServerProcess::~PageServerProcess() { Stop(); }
+
+std::string PageServerProcess::log() const {
+  if (log_path_.empty()) return "";
+  std::ifstream in(log_path_);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 void PageServerProcess::Kill() {
   if (pid_ < 0) return;

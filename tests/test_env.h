@@ -60,22 +60,34 @@ RunResult Run(const std::vector<std::string>& argv, absl::Duration timeout = abs
 // SIGKILL after 5 s, and reaps it.
 class PageServerProcess {
  public:
+  struct Options {
+    uint16_t port = 0;                    // 0 picks a free one
+    std::string host = "127.0.0.1";       // an IPv4 address to listen on
+    std::vector<std::string> extra_args;  // e.g. {"--auth-key-file", PATH}
+    std::string log_path;                 // the server's stderr goes here when set (see log())
+  };
   // regions: NAME=PATH. port 0 picks a free one.
   static absl::StatusOr<std::unique_ptr<PageServerProcess>> Start(
       const std::vector<std::string>& regions, uint16_t port = 0);
+  static absl::StatusOr<std::unique_ptr<PageServerProcess>> Start(
+      const std::vector<std::string>& regions, const Options& options);
   ~PageServerProcess();
   uint16_t port() const { return port_; }
-  std::string url() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
+  std::string url() const { return "tcp://" + host_ + ":" + std::to_string(port_); }
   pid_t pid() const { return pid_; }
+  // The server's stderr so far (with Options::log_path; empty otherwise).
+  std::string log() const;
   // SIGKILL and reap: an abrupt loss of the source.
   void Kill();
   void Stop();
 
  private:
   static absl::StatusOr<std::unique_ptr<PageServerProcess>> StartOnce(
-      const std::vector<std::string>& regions, uint16_t port);
+      const std::vector<std::string>& regions, const Options& options);
   pid_t pid_ = -1;
   uint16_t port_ = 0;
+  std::string host_;
+  std::string log_path_;
 };
 
 // A mounted lazyramd. Started with --foreground as a child of the test (so

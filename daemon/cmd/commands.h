@@ -14,6 +14,11 @@ namespace lazyram {
 struct ServeOptions {
   std::string listen;
   std::vector<std::string> regions;  // NAME=PATH
+  std::optional<std::string> auth_key_file;
+  bool insecure = false;
+  int max_connections = PageServer::Options{}.max_connections;
+  int max_inflight = PageServer::Options{}.max_reads_per_connection;
+  double handshake_timeout_seconds = absl::ToDoubleSeconds(PageServer::Options{}.handshake_timeout);
 };
 
 struct MountOptions {
@@ -28,6 +33,8 @@ struct MountOptions {
   std::optional<std::string> machine;  // "pc" or "q35"
   bool foreground = false;
   bool allow_other = false;
+  std::optional<std::string> auth_key_file;
+  std::string push = "on";  // push pulled pages into the page cache
 };
 
 // Both return the process exit code; errors are printed as one line.

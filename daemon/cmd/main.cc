@@ -24,6 +24,26 @@ int main(int argc, char** argv) {
                    "NAME=PATH: serve file PATH as region NAME (repeatable)")
       ->required()
       ->take_all();
+  serve_cmd->add_option("--auth-key-file", serve.auth_key_file,
+                        "FILE holding a shared secret (>= 16 bytes, mode 0600): clients must prove "
+                        "they hold it before they see any region (mount --auth-key-file)");
+  serve_cmd->add_flag("--insecure", serve.insecure,
+                      "Allow listening on a non-loopback address without --auth-key-file");
+  serve_cmd
+      ->add_option("--max-connections", serve.max_connections,
+                   "Clients served at once; one more gets a BUSY error and is closed")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--max-inflight", serve.max_inflight,
+                   "Requests per connection being read or replied to; further ones wait")
+      ->check(CLI::Range(1, 1 << 16))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--handshake-timeout", serve.handshake_timeout_seconds,
+                   "SECONDS a client has to complete the handshake before it is dropped")
+      ->check(CLI::Range(0.001, 86400.0))
+      ->capture_default_str();
 
   MountOptions mount;
   CLI::App* mount_cmd = app.add_subcommand("mount", "Mount regions as files at MOUNTPOINT");
@@ -59,6 +79,16 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"pc", "q35"}));
   mount_cmd->add_flag("--foreground", mount.foreground, "Stay attached; unmount on SIGINT/SIGTERM");
   mount_cmd->add_flag("--allow-other", mount.allow_other, "Let other users access the mount");
+  mount_cmd->add_option("--auth-key-file", mount.auth_key_file,
+                        "FILE holding the page server's shared secret (>= 16 bytes, mode 0600); "
+                        "the server must prove it holds it too");
+  mount_cmd
+      ->add_option("--push", mount.push,
+                   "on: put the pages the background pull fetched into the kernel's page cache, "
+                   "so a first touch needs no FUSE READ (costs page cache as large as the pulled "
+                   "data); off: every first touch is a READ")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);

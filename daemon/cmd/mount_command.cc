@@ -66,6 +66,14 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
   signal(SIGPIPE, SIG_IGN);
 
   Engine::Options engine_options;
+  if (options.auth_key_file.has_value()) {
+    absl::StatusOr<std::shared_ptr<const AuthKey>> key = AuthKey::LoadFile(*options.auth_key_file);
+    if (!key.ok()) {
+      report.Failed(key.status().message());
+      return 1;
+    }
+    engine_options.auth_key = *std::move(key);
+  }
   if (options.source.has_value()) {
     absl::StatusOr<SourceUrl> source = SourceUrl::Parse(*options.source);
     if (!source.ok()) {
@@ -102,7 +110,8 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
   absl::StatusOr<std::unique_ptr<fusefs::Filesystem>> fs =
       fusefs::Filesystem::Mount(engine->get(), {.mountpoint = options.mountpoint,
                                                 .allow_other = options.allow_other,
-                                                .read_only = options.read_only});
+                                                .read_only = options.read_only,
+                                                .push = options.push == "on"});
   if (!fs.ok()) {
     report.Failed(fs.status().message());
     return 1;
@@ -164,6 +173,11 @@ int RunMount(const MountOptions& options) {
       PrintError(s.status().message());
       return 1;
     }
+  }
+  if (options.auth_key_file.has_value() &&
+      (!options.source.has_value() || SourceUrl::Parse(*options.source)->is_local())) {
+    PrintError("--auth-key-file is for a page server: it needs --source tcp://HOST:PORT");
+    return 1;
   }
   if (options.store != "mem" && (stat(options.store.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
     PrintError(absl::StrCat("store directory ", options.store, " does not exist"));

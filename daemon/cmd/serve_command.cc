@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/auth_key.h"
 #include "daemon/cmd/commands.h"
 #include "daemon/log.h"
 #include "daemon/page_server.h"
@@ -33,6 +34,18 @@ int RunServe(const ServeOptions& options) {
     }
     server_options.regions.push_back({spec.substr(0, eq), spec.substr(eq + 1)});
   }
+  if (options.auth_key_file.has_value()) {
+    absl::StatusOr<std::shared_ptr<const AuthKey>> key = AuthKey::LoadFile(*options.auth_key_file);
+    if (!key.ok()) {
+      PrintError(key.status().message());
+      return 1;
+    }
+    server_options.auth_key = *std::move(key);
+  }
+  server_options.insecure = options.insecure;
+  server_options.max_connections = options.max_connections;
+  server_options.max_reads_per_connection = options.max_inflight;
+  server_options.handshake_timeout = absl::Seconds(options.handshake_timeout_seconds);
 
   // Signals are taken by one thread with sigwait; every other thread,
   // created after this, inherits the mask.

@@ -4,10 +4,11 @@
 A 256 MiB VM's RAM file is pre-filled with a known random pattern with zero
 stretches; SeaBIOS runs on the source (and writes its tables into RAM). The
 VM is moved with qemu-lazy-migrate onto a lazyram mount with a directory
-store, left paused. QEMU's own view of guest memory (QMP pmemsave of all RAM:
-with 256 MiB on pc every byte is below 4 GiB and guest-physical address ==
-RAM file offset) must equal the source RAM file as it was at stop time, byte
-for byte. Then the destination runs, bytes are written into guest memory
+store, left paused; the page server listens on every interface with a shared
+key (--auth-key-file), as between two hosts. QEMU's own view of guest memory
+(QMP pmemsave of all RAM: with 256 MiB on pc every byte is below 4 GiB and
+guest-physical address == RAM file offset) must equal the source RAM file as
+it was at stop time, byte for byte. Then the destination runs, bytes are written into guest memory
 through QEMU's gdbstub (QEMU 7.2's HMP has no memory write command), the
 destination quits, the mount is unmounted, and the store file must hold the
 written bytes (and otherwise the source's RAM).
@@ -57,8 +58,14 @@ def main():
     os.mkdir(store)
     mnt, ctl = env.path("mnt"), env.path("mnt.sock")
     env.add_mount(mnt, ctl)
+    # The two-host set-up: the page server on every interface, which it
+    # allows only with a shared key, and the mount proving the same key.
+    key = env.path("auth.key")
+    with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
     code, result, _ = env.migrate(
         "migrate", "--qmp", src_qmp, "--mount", mnt, "--control", ctl, "--store", store,
+        "--listen", "0.0.0.0:0", "--auth-key-file", key,
         "--paused", "--json", "--no-progress", "--",
         *env.qemu_argv("/placeholder", SIZE, dest_qmp))
     say(f"times: {result}")

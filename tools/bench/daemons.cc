@@ -31,6 +31,15 @@ std::unique_ptr<testing::MountProcess> StartMount(const testing::TempDir& dir,
 
 void WaitComplete(const testing::MountProcess& mount) { MustCtl(mount, {"wait"}); }
 
+void WaitPushed(const testing::MountProcess& mount) {
+  for (;;) {
+    const nlohmann::json status = Must(mount.Status(), "status");
+    if (!status.contains("push") || !status.at("push").at("enabled").get<bool>()) return;
+    if (status.at("push").at("pending_runs").get<uint64_t>() == 0) return;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+}
+
 void PrefetchAll(const testing::MountProcess& mount) { MustCtl(mount, {"prefetch", kRegion}); }
 
 nlohmann::json RegionStatus(const testing::MountProcess& mount) {

@@ -29,6 +29,9 @@ std::unique_ptr<testing::MountProcess> StartMount(const testing::TempDir& dir,
 
 // `lazyramctl wait`: returns once every page is local (needs --prefetch on).
 void WaitComplete(const testing::MountProcess& mount);
+// Waits until the page pusher has nothing queued (returns at once when
+// pushing is off).
+void WaitPushed(const testing::MountProcess& mount);
 // `lazyramctl prefetch mem0`: fetches the whole region at demand priority.
 void PrefetchAll(const testing::MountProcess& mount);
 

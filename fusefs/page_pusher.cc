@@ -1,0 +1,142 @@
+#include "fusefs/page_pusher.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/log.h"
+
+namespace lazyram::fusefs {
+namespace {
+
+constexpr uint64_t kPageSize = protocol::kPageSize;
+// Per readahead call: the kernel clamps a call to the mount's readahead
+// window (128 KiB unless raised).
+constexpr uint64_t kChunk = 128 * 1024;
+
+}  // namespace
+
+PagePusher::PagePusher(Engine* engine, std::string mountpoint)
+    : engine_(engine), mountpoint_(std::move(mountpoint)) {
+  files_.resize(engine->region_count());
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "lazyram-push");
+    Loop();
+  });
+  for (size_t i = 0; i < engine->region_count(); ++i) {
+    Region* region = engine->region(i);
+    if (!region->has_source()) continue;
+    listened_.push_back(i);
+    region->SetPullListener([this, i](uint64_t first, uint32_t count) {
+      Enqueue({i, first, count});
+    });
+  }
+}
+
+PagePusher::~PagePusher() {
+  for (size_t i : listened_) engine_->region(i)->SetPullListener(nullptr);
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  thread_.join();
+}
+
+void PagePusher::Pause() {
+  absl::MutexLock lock(&mu_);
+  paused_ = true;
+  // The loop closes its descriptors whenever it is idle; wait for that.
+  auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return !busy_; };
+  mu_.Await(absl::Condition(&idle));
+}
+
+void PagePusher::Resume() {
+  absl::MutexLock lock(&mu_);
+  paused_ = false;
+}
+
+void PagePusher::Enqueue(Run run) {
+  absl::MutexLock lock(&mu_);
+  // Runs usually arrive in order: extend the last one instead of queueing.
+  if (!queue_.empty()) {
+    Run& last = queue_.back();
+    if (last.index == run.index && last.first + last.count == run.first) {
+      last.count += run.count;
+      return;
+    }
+  }
+  queue_.push_back(run);
+}
+
+void PagePusher::Loop() {
+  for (;;) {
+    Run run;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stop_ || paused_ || queue_.empty()) {
+        // Hold no descriptor into the mount while there is nothing to do
+        // (closing sends FLUSH and RELEASE: not under the lock).
+        mu_.Unlock();
+        CloseFiles();
+        mu_.Lock();
+      }
+      busy_ = false;  // from here Pause may return: no descriptor is open
+      auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return stop_ || (!paused_ && !queue_.empty());
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (stop_) break;
+      run = queue_.front();
+      queue_.pop_front();
+      busy_ = true;
+    }
+    Warm(run);
+  }
+  CloseFiles();
+}
+
+void PagePusher::Warm(const Run& run) {
+  Region* region = engine_->region(run.index);
+  UniqueFd& fd = files_[run.index];
+  if (fd.get() < 0) {
+    const std::string path = absl::StrCat(mountpoint_, "/", region->name());
+    fd.reset(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.get() < 0) {
+      if (!open_failed_logged_) {
+        LogWarning("cannot open %s to warm the page cache: %s", path, std::strerror(errno));
+        open_failed_logged_ = true;
+      }
+      return;
+    }
+  }
+  const uint64_t offset = run.first * kPageSize;
+  const uint64_t end = std::min(region->size(), (run.first + run.count) * kPageSize);
+  if (offset >= end) return;
+  // The kernel skips the pages it holds and returns once the READs are
+  // queued, not answered; it reads at most its readahead window per call.
+  for (uint64_t at = offset; at < end; at += kChunk) {
+    const uint64_t n = std::min(kChunk, end - at);
+    if (readahead(fd.get(), static_cast<off64_t>(at), n) != 0) {
+      LogWarning("readahead of %s: %s", region->name(), std::strerror(errno));
+      return;
+    }
+    pushed_.fetch_add((n + kPageSize - 1) / kPageSize, std::memory_order_relaxed);
+  }
+}
+
+void PagePusher::CloseFiles() {
+  for (UniqueFd& fd : files_) fd.reset();
+}
+
+nlohmann::json PagePusher::StatusJson() const {
+  absl::MutexLock lock(&mu_);
+  return {{"enabled", true},
+          {"pages_pushed", pushed_.load(std::memory_order_relaxed)},
+          {"pending_runs", queue_.size() + (busy_ ? 1 : 0)}};
+}
+
+}  // namespace lazyram::fusefs

@@ -1,0 +1,90 @@
+// PagePusher: gets the pages the background pull fetched into the kernel's
+// page cache before the consumer touches them, so that a first touch of a
+// pulled page is a page-cache hit instead of a FUSE READ.
+//
+// How: for each run the puller lands, readahead(2) on a descriptor of the
+// region's own file in the mount. The kernel creates only the pages it does
+// not hold yet and READs them from this daemon (served from the store, no
+// network); everything else — a page the consumer holds, dirtied or is
+// faulting in — is left to the kernel's own locking, as for any reader.
+//
+// Why not fuse_lowlevel_notify_store: it overwrites whatever the page cache
+// holds. A page first READ by the consumer while a push of it is in flight
+// gets overwritten after the consumer was given it; tests/page_push_test.cc
+// lost a guest write that way (1 run in 8) even with "never served" marks
+// set at READ arrival. docs/performance.md has the details.
+//
+// The daemon touching its own mount: only this thread does, with descriptors
+// it holds only while it has runs to warm, and Pause() closes them before
+// an unmount. readahead never waits for the READs it starts (async reads),
+// only for free background slots, which the FUSE workers free.
+//
+// Threading: one thread ("lazyram-push"); public methods are thread-safe.
+#ifndef LAZYRAM_FUSEFS_PAGE_PUSHER_H_
+#define LAZYRAM_FUSEFS_PAGE_PUSHER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/engine.h"
+#include "daemon/unique_fd.h"
+#include "nlohmann/json.hpp"
+
+namespace lazyram::fusefs {
+
+class PagePusher {
+ public:
+  // Listens to the pulls of every region of `engine` that has a source;
+  // `mountpoint` is where those regions are files.
+  PagePusher(Engine* engine, std::string mountpoint);
+  PagePusher(const PagePusher&) = delete;
+  PagePusher& operator=(const PagePusher&) = delete;
+  // Stops listening and warming; waits for the readahead in progress.
+  ~PagePusher();
+
+  // Closes every descriptor into the mount and holds the thread until
+  // Resume: an unmount must not find the daemon's own files open.
+  void Pause();
+  void Resume();
+
+  // {"enabled": true, "pages_pushed": pages handed to readahead,
+  //  "pending_runs": runs not yet handed over (0: idle)}
+  nlohmann::json StatusJson() const;
+
+ private:
+  struct Run {
+    size_t index;
+    uint64_t first;
+    uint64_t count;
+  };
+  void Enqueue(Run run);
+  void Loop();
+  void Warm(const Run& run);
+  void CloseFiles();
+
+  Engine* const engine_;
+  const std::string mountpoint_;
+  std::vector<size_t> listened_;  // indices of the regions we listen to
+  std::vector<UniqueFd> files_;   // by region index; only the loop thread touches them
+
+  mutable absl::Mutex mu_;
+  std::deque<Run> queue_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool paused_ ABSL_GUARDED_BY(mu_) = false;
+  bool busy_ ABSL_GUARDED_BY(mu_) = false;  // the loop is warming a run
+
+  std::atomic<uint64_t> pushed_{0};
+  bool open_failed_logged_ = false;  // loop thread only
+  std::thread thread_;
+};
+
+}  // namespace lazyram::fusefs
+
+#endif  // LAZYRAM_FUSEFS_PAGE_PUSHER_H_
