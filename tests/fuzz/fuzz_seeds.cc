@@ -63,6 +63,22 @@ void ProtocolSeeds(const std::filesystem::path& dir) {
                     std::string("\x00\x01\x0f\xff\x07\x05"
                                 "abcdefg\x00",
                                 14)));
+  std::string challenge, auth, auth_ok;
+  p::Challenge c;
+  c.server_nonce.fill(0x11);
+  p::AppendChallenge(c, &challenge);
+  p::AuthRequest a;
+  a.client_nonce.fill(0x22);
+  a.proof.fill(0x33);
+  p::AppendAuth(a, &auth);
+  p::AuthOk ok;
+  ok.proof.fill(0x44);
+  p::AppendAuthOk(ok, &auth_ok);
+  Write(dir, "challenge", Mode(8, Body(challenge)));
+  Write(dir, "auth", Mode(9, Body(auth)));
+  Write(dir, "auth_ok", Mode(10, Body(auth_ok)));
+  Write(dir, "client_auth_stream", Mode(7, hello + auth + read));
+  Write(dir, "server_auth_stream", Mode(7, challenge + auth_ok + welcome + pages));
   Write(dir, "client_stream", Mode(7, hello + read + read));
   Write(dir, "server_stream", Mode(7, welcome + pages + error));
 }

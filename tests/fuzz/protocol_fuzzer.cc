@@ -9,7 +9,8 @@
 //         and the frame decodes to the same pages;
 //   7     a byte stream as a peer sends it: frames one after another, the
 //         first under the handshake limit, the rest under kMaxFrameBody,
-//         each body handed to the decoder of its type.
+//         each body handed to the decoder of its type;
+//   8..10 the authentication bodies (CHALLENGE, AUTH, AUTH_OK), as 1..5.
 // Any broken property aborts (a crash for libFuzzer); see docs/fuzzing.md.
 #include <cstdint>
 #include <cstdio>
@@ -149,6 +150,41 @@ void FuzzError(Bytes body, uint64_t tag) {
   FUZZ_CHECK(round.ok() && round->code == error->code && round->message == error->message);
 }
 
+// The fixed-size authentication frames: exact length only, and a round
+// trip gives the same bytes and value.
+template <typename T, typename Decode, typename Append, typename Same>
+void FuzzAuthFrame(Bytes body, FrameType type, Decode decode, Append append, Same same) {
+  absl::StatusOr<T> value = decode(body);
+  if (!value.ok()) {
+    FUZZ_CHECK(value.status().code() == absl::StatusCode::kInvalidArgument);
+    return;
+  }
+  std::string frame;
+  append(*value, &frame);
+  Bytes again = BodyOf(frame, type, 0);
+  FUZZ_CHECK(SameBytes(again, body));
+  absl::StatusOr<T> round = decode(again);
+  FUZZ_CHECK(round.ok() && same(*round, *value));
+}
+
+void FuzzChallenge(Bytes body) {
+  FuzzAuthFrame<Challenge>(
+      body, FrameType::kChallenge, DecodeChallenge, AppendChallenge,
+      [](const Challenge& a, const Challenge& b) { return a.server_nonce == b.server_nonce; });
+}
+
+void FuzzAuth(Bytes body) {
+  FuzzAuthFrame<AuthRequest>(body, FrameType::kAuth, DecodeAuth, AppendAuth,
+                             [](const AuthRequest& a, const AuthRequest& b) {
+                               return a.client_nonce == b.client_nonce && a.proof == b.proof;
+                             });
+}
+
+void FuzzAuthOk(Bytes body) {
+  FuzzAuthFrame<AuthOk>(body, FrameType::kAuthOk, DecodeAuthOk, AppendAuthOk,
+                        [](const AuthOk& a, const AuthOk& b) { return a.proof == b.proof; });
+}
+
 // The pages a PAGES view stands for, count * kPageSize bytes.
 std::vector<uint8_t> Expand(const PagesView& view) {
   std::vector<uint8_t> pages(size_t{view.count} * kPageSize, 0);
@@ -271,6 +307,15 @@ void FuzzStream(Bytes in) {
       case FrameType::kError:
         FuzzError(body, header->tag);
         break;
+      case FrameType::kChallenge:
+        FuzzChallenge(body);
+        break;
+      case FrameType::kAuth:
+        FuzzAuth(body);
+        break;
+      case FrameType::kAuthOk:
+        FuzzAuthOk(body);
+        break;
     }
     in = in.subspan(kHeaderSize + header->body_len);
   }
@@ -283,7 +328,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace lazyram::protocol;
   if (size == 0) return 0;
   const Bytes in(data + 1, size - 1);
-  switch (data[0] % 8) {
+  switch (data[0] % 11) {
     case 0:
       FuzzHeader(in);
       break;
@@ -307,6 +352,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     case 7:
       FuzzStream(in);
+      break;
+    case 8:
+      FuzzChallenge(in);
+      break;
+    case 9:
+      FuzzAuth(in);
+      break;
+    case 10:
+      FuzzAuthOk(in);
       break;
   }
   return 0;
