@@ -135,6 +135,9 @@ absl::Status QemuStreamIndex::Parser::Run() {
         }
         ram_section_ = id;
         if (absl::Status s = ParseRam(/*setup=*/true); !s.ok()) return s;
+        // QEMU lists the RAMBlocks first thing; without them there is nothing
+        // to mount (and nothing later may refer to a block).
+        if (blocks_.empty()) return Corrupt(at, "the RAM section lists no RAMBlocks");
         if (absl::Status s = ParseFooter(id); !s.ok()) return s;
         break;
       }

@@ -263,5 +263,17 @@ TEST_F(QemuStreamIndexTest, HugeTargetPageBitsIsRefusedWithASaneMessage) {
   }
 }
 
+// Found by tests/fuzz/qemu_stream_fuzzer: a RAM section whose START had no
+// RAMBlock list (just its end marker) indexed as a stream with no regions.
+TEST_F(QemuStreamIndexTest, RamSectionWithoutBlockListIsCorrupt) {
+  QemuStreamBuilder b;
+  b.Header().U8(qemu_stream::kSectionStart).Be32(2).Str("ram").Be32(0).Be32(4).Eos();
+  b.RamPart(/*end=*/true).Eos().End();
+  auto index = Index(b.bytes());
+  ASSERT_FALSE(index.ok());
+  EXPECT_TRUE(absl::IsDataLoss(index.status())) << index.status();
+  EXPECT_TRUE(absl::StrContains(index.status().message(), "lists no RAMBlocks")) << index.status();
+}
+
 }  // namespace
 }  // namespace lazyram
