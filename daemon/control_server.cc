@@ -12,6 +12,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/control_request.h"
 #include "daemon/errno_status.h"
 #include "daemon/log.h"
 
@@ -148,19 +149,7 @@ void ControlServer::Serve(UniqueFd client) {
     request.append(buf, static_cast<size_t>(n));
     if (request.size() > kMaxRequest) break;
   }
-  nlohmann::json reply;
-  if (request.size() > kMaxRequest) {
-    reply = ErrorReply(absl::InvalidArgumentError("request too large"));
-  } else {
-    request.resize(std::min(request.size(), request.find('\n')));
-    nlohmann::json parsed = nlohmann::json::parse(request, nullptr, /*allow_exceptions=*/false);
-    if (parsed.is_discarded() || !parsed.is_object()) {
-      reply = ErrorReply(absl::InvalidArgumentError("request is not a JSON object"));
-    } else {
-      reply = handler_->Handle(parsed);
-    }
-  }
-  std::string out = reply.dump() + "\n";
+  const std::string out = AnswerControlRequest(request, handler_);
   size_t done = 0;
   while (done < out.size()) {
     ssize_t n = send(client.get(), out.data() + done, out.size() - done, MSG_NOSIGNAL);

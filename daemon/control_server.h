@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "daemon/control_request.h"
 #include "daemon/unique_fd.h"
 
 namespace lazyram {
@@ -33,7 +34,7 @@ class ControlHandler {
 class ControlServer {
  public:
   static constexpr int kMaxClients = 16;
-  static constexpr size_t kMaxRequest = 64 * 1024;
+  static constexpr size_t kMaxRequest = kMaxControlRequest;
 
   // Binds `path` (creating its directory, mode 0700, if missing). A stale
   // socket left by a dead daemon is replaced; a live one is an error.

@@ -199,7 +199,7 @@ std::string ForensicViews::LayoutNote(const GuestLayout& layout, const Region& r
                          {"ranges", RangesJson(layout)}};
   if (!options_.qemu_machine.empty()) note["qemu_machine"] = options_.qemu_machine;
   if (!options_.source.empty()) note["source"] = options_.source;
-  return note.dump();
+  return note.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 std::string ForensicViews::ManifestJson() const {
@@ -242,7 +242,9 @@ std::string ForensicViews::ManifestJson() const {
     }
   }
   out["views"] = std::move(views);
-  return out.dump(2) + "\n";
+  // Region names and the QEMU machine name are bytes from a source; the
+  // serializer would throw on ones that are not UTF-8.
+  return out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 }  // namespace lazyram

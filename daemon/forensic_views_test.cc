@@ -7,9 +7,11 @@
 
 #include <cstring>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "absl/synchronization/notification.h"
+#include "daemon/engine.h"
 #include "daemon/fd_store.h"
 #include "daemon/file_source.h"
 #include "daemon/local_page_source.h"
@@ -162,6 +164,22 @@ TEST_F(ForensicViewsTest, VmcoreIsAnElfCoreWithOneLoadPerRange) {
   EXPECT_EQ(Read(*elf, ph[1].p_offset + 0xa0000, kPage), Marker(0xa0000));
   EXPECT_EQ(Read(*elf, ph[2].p_offset, kPage), Marker(3 * kGiB));
   EXPECT_EQ(Read(*elf, ph[2].p_offset + kGiB - kPage, kPage), Marker(4 * kGiB - kPage));
+}
+
+// Like the control socket's replies (control_request_test.cc, found by
+// tests/fuzz/control_fuzzer), the manifest names regions whose names need
+// not be UTF-8; serializing it must not throw.
+TEST(ForensicManifestTest, ARegionNameThatIsNotUtf8IsReplaced) {
+  Engine::Options options;
+  options.read_only = true;
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  ASSERT_TRUE((*engine)->CreateRegion("odd\xff").ok());
+  ASSERT_NE((*engine)->views(), nullptr);
+  const nlohmann::json manifest =
+      nlohmann::json::parse((*engine)->views()->ManifestJson(), nullptr, false);
+  ASSERT_TRUE(manifest.is_object());
+  EXPECT_EQ(manifest["regions"][0]["name"], "odd\xef\xbf\xbd");
 }
 
 }  // namespace

@@ -135,6 +135,9 @@ absl::Status QemuStreamIndex::Parser::Run() {
         }
         ram_section_ = id;
         if (absl::Status s = ParseRam(/*setup=*/true); !s.ok()) return s;
+        // QEMU lists the RAMBlocks first thing; without them there is nothing
+        // to mount (and nothing later may refer to a block).
+        if (blocks_.empty()) return Corrupt(at, "the RAM section lists no RAMBlocks");
         if (absl::Status s = ParseFooter(id); !s.ok()) return s;
         break;
       }
@@ -187,8 +190,11 @@ absl::Status QemuStreamIndex::Parser::ParseConfiguration() {
     if (name == "configuration/target-page-bits") {
       const uint32_t bits = r.Be32();
       if (r.ok() && bits != 12) {
-        return absl::InvalidArgumentError(absl::StrCat("the stream uses ", 1u << bits,
-                                                       "-byte target pages; lazyram reads 4 KiB"));
+        // Any u32 may be here: a shift by 32 or more would be undefined.
+        const std::string page = bits < 32 ? absl::StrCat(uint64_t{1} << bits, "-byte")
+                                           : absl::StrCat("2^", bits, "-byte");
+        return absl::InvalidArgumentError(
+            absl::StrCat("the stream uses ", page, " target pages; lazyram reads 4 KiB"));
       }
     } else if (name == "configuration/capabilities") {
       const uint32_t count = r.Be32();
@@ -273,6 +279,13 @@ absl::Status QemuStreamIndex::Parser::ParseRam(bool setup) {
 
 absl::Status QemuStreamIndex::Parser::ParseBlockList(uint64_t total, uint64_t at) {
   StreamReader& r = *reader_;
+  // 8 bytes of index per page, allocated below: a corrupt (or absurd) total
+  // must be an error here, not a failed allocation.
+  if (total / qs::kPageSize >= index_->max_index_bytes_ / sizeof(uint64_t)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the stream declares ", total, " bytes of RAM; its index would need more than the ",
+        index_->max_index_bytes_, " bytes of memory allowed"));
+  }
   uint64_t sum = 0;
   while (sum < total) {
     const uint64_t block_at = r.position();
@@ -361,8 +374,17 @@ std::string QemuStreamIndex::RegionNameFor(absl::string_view block) {
   return out;
 }
 
-absl::StatusOr<std::unique_ptr<QemuStreamIndex>> QemuStreamIndex::Open(absl::string_view path) {
+uint64_t QemuStreamIndex::DefaultMaxIndexBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page_size <= 0) return UINT64_MAX;
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
+}
+
+absl::StatusOr<std::unique_ptr<QemuStreamIndex>> QemuStreamIndex::Open(absl::string_view path,
+                                                                       uint64_t max_index_bytes) {
   std::unique_ptr<QemuStreamIndex> index(new QemuStreamIndex(std::string(path)));
+  index->max_index_bytes_ = max_index_bytes;
   index->fd_.reset(open(index->path_.c_str(), O_RDONLY | O_CLOEXEC));
   if (!index->fd_.valid()) {
     return ErrnoStatus(errno, absl::StrCat("cannot open QEMU stream ", path));

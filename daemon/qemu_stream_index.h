@@ -43,7 +43,12 @@ class QemuStreamIndex : public PageLocator {
     uint64_t zero_records = 0;
   };
 
-  static absl::StatusOr<std::unique_ptr<QemuStreamIndex>> Open(absl::string_view path);
+  // A stream whose RAM would need more than `max_index_bytes` of index is
+  // refused with kResourceExhausted before anything is allocated (the
+  // default: the machine's physical memory).
+  static absl::StatusOr<std::unique_ptr<QemuStreamIndex>> Open(
+      absl::string_view path, uint64_t max_index_bytes = DefaultMaxIndexBytes());
+  static uint64_t DefaultMaxIndexBytes();
 
   const std::vector<protocol::RegionInfo>& regions() const override { return regions_; }
   PageLocation Locate(uint32_t region, uint64_t page) const override;
@@ -68,6 +73,7 @@ class QemuStreamIndex : public PageLocator {
   static constexpr uint64_t kFillBit = uint64_t{1} << 63;
 
   const std::string path_;
+  uint64_t max_index_bytes_ = 0;
   UniqueFd fd_;
   std::string machine_name_;
   std::vector<std::string> block_names_;

@@ -222,5 +222,58 @@ TEST_F(QemuStreamIndexTest, CommandsAreSkippedByTheirLength) {
   EXPECT_EQ(Read(**index, 0, 1), PageOf('p'));
 }
 
+// Found by tests/fuzz/qemu_stream_fuzzer: a RAMBlock list declaring about
+// 2^62 bytes made the indexer allocate its 8-byte-per-page table, which
+// threw std::bad_alloc out of `lazyramd mount` (or, under ASan, aborted).
+TEST_F(QemuStreamIndexTest, AbsurdRamSizeIsRefusedBeforeAllocating) {
+  QemuStreamBuilder b;
+  b.Header().RamStart({{"pc.ram", uint64_t{1} << 62}});
+  b.RamPart(/*end=*/true).Page("pc.ram", 0, PageOf('a')).Eos().End();
+  auto index = Index(b.bytes());
+  ASSERT_FALSE(index.ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(index.status())) << index.status();
+  EXPECT_TRUE(absl::StrContains(index.status().message(), "4611686018427387904 bytes of RAM"))
+      << index.status();
+}
+
+TEST_F(QemuStreamIndexTest, IndexMemoryLimitIsAParameter) {
+  QemuStreamBuilder b;
+  b.Header().RamStart({{"pc.ram", 1024 * kPage}});  // 8 KiB of index
+  b.RamPart(/*end=*/true).Page("pc.ram", 0, PageOf('a')).Eos().End();
+  ASSERT_TRUE(Index(b.bytes()).ok());
+  auto refused = QemuStreamIndex::Open(path_, /*max_index_bytes=*/4096);
+  EXPECT_TRUE(absl::IsResourceExhausted(refused.status())) << refused.status();
+  EXPECT_TRUE(QemuStreamIndex::Open(path_, /*max_index_bytes=*/1 << 20).ok());
+}
+
+// Found by tests/fuzz/qemu_stream_fuzzer (UBSan): a target-page-bits of 32
+// or more was shifted into the error message, an undefined shift.
+TEST_F(QemuStreamIndexTest, HugeTargetPageBitsIsRefusedWithASaneMessage) {
+  for (const uint32_t bits : {16u, 96u}) {
+    QemuStreamBuilder b;
+    b.Header().U8(qemu_stream::kSubsection).Str("configuration/target-page-bits").Be32(1);
+    b.Be32(bits).RamStart({{"pc.ram", 4 * kPage}});
+    b.RamPart(/*end=*/true).Page("pc.ram", 0, PageOf('a')).Eos().End();
+    auto index = Index(b.bytes());
+    ASSERT_FALSE(index.ok());
+    EXPECT_TRUE(absl::IsInvalidArgument(index.status())) << index.status();
+    EXPECT_TRUE(absl::StrContains(index.status().message(), bits == 16 ? "65536-byte target pages"
+                                                                       : "2^96-byte target pages"))
+        << index.status();
+  }
+}
+
+// Found by tests/fuzz/qemu_stream_fuzzer: a RAM section whose START had no
+// RAMBlock list (just its end marker) indexed as a stream with no regions.
+TEST_F(QemuStreamIndexTest, RamSectionWithoutBlockListIsCorrupt) {
+  QemuStreamBuilder b;
+  b.Header().U8(qemu_stream::kSectionStart).Be32(2).Str("ram").Be32(0).Be32(4).Eos();
+  b.RamPart(/*end=*/true).Eos().End();
+  auto index = Index(b.bytes());
+  ASSERT_FALSE(index.ok());
+  EXPECT_TRUE(absl::IsDataLoss(index.status())) << index.status();
+  EXPECT_TRUE(absl::StrContains(index.status().message(), "lists no RAMBlocks")) << index.status();
+}
+
 }  // namespace
 }  // namespace lazyram

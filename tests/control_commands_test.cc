@@ -235,6 +235,35 @@ TEST(ControlCommands, PrefetchRejectsAnUnknownRegionAndABadRange) {
   EXPECT_EQ(f.mount->Unmount(), 0);
 }
 
+// Found by tests/fuzz/control_fuzzer: a region whose name is not UTF-8 —
+// here a file a consumer creates in a RAM-backing mount — made the JSON
+// serializer throw while answering `status`, and the daemon died. Now the
+// bad bytes read as U+FFFD and the daemon keeps serving.
+TEST(ControlCommands, StatusSurvivesARegionNameThatIsNotUtf8) {
+  TempDir dir;
+  auto mount = MountProcess::Start(dir, {});
+  ASSERT_TRUE(mount.ok()) << mount.status();
+  const std::string file = (*mount)->File("odd\xff");
+  ASSERT_EQ(RunInChild([&] {
+              int fd = open(file.c_str(), O_RDWR | O_CREAT, 0600);
+              if (fd < 0) return Fail("create");
+              const std::string page(kPage, 'x');
+              if (pwrite(fd, page.data(), page.size(), 0) != static_cast<ssize_t>(kPage)) {
+                return Fail("pwrite");
+              }
+              return close(fd) == 0 ? 0 : Fail("close");
+            }),
+            0);
+  RunResult text = (*mount)->Ctl({"status", "--json"});
+  EXPECT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_TRUE(absl::StrContains(text.out, "odd\xef\xbf\xbd")) << text.out;
+  auto status = (*mount)->Status();  // still serving
+  ASSERT_TRUE(status.ok()) << status.status() << "\n" << (*mount)->log();
+  EXPECT_EQ(status->at("regions").size(), 1u);
+  EXPECT_EQ(kill((*mount)->pid(), 0), 0);
+  EXPECT_EQ((*mount)->Unmount(), 0);
+}
+
 // --- 3. wait ---
 
 TEST(ControlCommands, WaitTimesOutOnAnIncompleteMount) {
