@@ -1,0 +1,499 @@
+// Source failure handling beyond a restart: --fetch-timeout turns a long
+// outage into EIO, replicas of one image take over from each other, a
+// replica with another image is refused, the fetcher's memory for replies
+// in flight stays under --max-fetch-memory, and a page server behind a
+// network link that is cut (link down, then 100% loss) is waited for.
+// Each test prints how many kills or cuts it survived and how many bytes
+// it verified.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/test_env.h"
+
+namespace lazyram::testing {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+constexpr uint64_t kPage = 4096;
+
+// --- Helpers -----------------------------------------------------------------
+
+std::string WaitForSource(const MountProcess& mount, const std::string& state,
+                          absl::Duration timeout = absl::Seconds(60)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  std::string last;
+  for (;;) {
+    absl::StatusOr<nlohmann::json> status = mount.Status();
+    if (status.ok()) last = (*status)["source"].get<std::string>();
+    if (last == state || absl::Now() >= deadline) return last;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
+uint64_t LocalPages(const MountProcess& mount, const std::string& region) {
+  absl::StatusOr<nlohmann::json> r = mount.RegionStatus(region);
+  if (!r.ok()) return 0;
+  return (*r)["pages_present"].get<uint64_t>() + (*r)["pages_zero"].get<uint64_t>();
+}
+
+// Waits until the mount has more than `pages` pages local (or all of
+// `total`); returns the count last seen.
+uint64_t WaitForLocalPast(const MountProcess& mount, uint64_t pages, uint64_t total,
+                          absl::Duration timeout = absl::Seconds(60)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  uint64_t local = LocalPages(mount, "mem0");
+  while (local <= pages && local < total && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+    local = LocalPages(mount, "mem0");
+  }
+  return local;
+}
+
+bool StillRunning(const ChildProcess& child) {
+  int status = 0;
+  return waitpid(child.pid(), &status, WNOHANG) == 0;
+}
+
+size_t CountOccurrences(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
+enum ReadFailure : int { kOpen = 10, kReadError = 11, kShortRead = 12, kMismatch = 13, kMap = 14 };
+
+// Child-safe: pread()s [offset, offset + length) and compares with `expected`.
+int PreadAndCompare(const std::string& path, uint64_t offset, uint64_t length,
+                    const std::vector<uint8_t>& expected) {
+  int fd = open(path.c_str(), O_RDONLY);
+  if (fd < 0) return kOpen;
+  std::vector<uint8_t> buf(256 << 10);
+  for (uint64_t at = offset; at < offset + length;) {
+    const size_t want = std::min<uint64_t>(buf.size(), offset + length - at);
+    ssize_t n = pread(fd, buf.data(), want, static_cast<off_t>(at));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return kReadError;
+    if (static_cast<size_t>(n) != want) return kShortRead;
+    if (std::memcmp(buf.data(), expected.data() + at, want) != 0) return kMismatch;
+    at += want;
+  }
+  close(fd);
+  return 0;
+}
+
+// Child-safe: maps the file and compares every byte (a missing page is a
+// SIGBUS: the child dies, -1).
+int MapAndCompare(const std::string& path, const std::vector<uint8_t>& expected) {
+  int fd = open(path.c_str(), O_RDONLY);
+  if (fd < 0) return kOpen;
+  void* p = mmap(nullptr, expected.size(), PROT_READ, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return kMap;
+  const bool same = std::memcmp(p, expected.data(), expected.size()) == 0;
+  munmap(p, expected.size());
+  close(fd);
+  return same ? 0 : kMismatch;
+}
+
+// Both whole-file checks; returns the bytes verified (0 on a failure,
+// which the EXPECTs report).
+uint64_t VerifyAll(const std::string& file, const std::vector<uint8_t>& image) {
+  const int pread_code =
+      RunInChild([&] { return PreadAndCompare(file, 0, image.size(), image); }, absl::Minutes(5));
+  const int map_code = RunInChild([&] { return MapAndCompare(file, image); }, absl::Minutes(5));
+  EXPECT_EQ(pread_code, 0);
+  EXPECT_EQ(map_code, 0);
+  return pread_code == 0 && map_code == 0 ? 2 * image.size() : 0;
+}
+
+// Holds page servers back without changing what they serve: each runs
+// `run` out of every `period` (SIGCONT / SIGSTOP), so that a pull lasts
+// long enough to be interrupted. Remove a server before killing it.
+class Throttle {
+ public:
+  Throttle(absl::Duration run, absl::Duration period) : run_(run), period_(period) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~Throttle() {
+    Clear();
+    stop_.store(true);
+    thread_.join();
+  }
+  // Stops `pid` at once; it runs again in the next slot.
+  void Add(pid_t pid) {
+    absl::MutexLock lock(&mu_);
+    pids_.insert(pid);
+    kill(pid, SIGSTOP);
+  }
+  void Remove(pid_t pid) {
+    absl::MutexLock lock(&mu_);
+    if (pids_.erase(pid) > 0) kill(pid, SIGCONT);
+  }
+  void Clear() {
+    absl::MutexLock lock(&mu_);
+    for (pid_t pid : pids_) kill(pid, SIGCONT);
+    pids_.clear();
+  }
+
+ private:
+  void Loop() {
+    while (!stop_.load()) {
+      Signal(SIGCONT);
+      absl::SleepFor(run_);
+      Signal(SIGSTOP);
+      absl::SleepFor(period_ - run_);
+    }
+  }
+  void Signal(int sig) {
+    absl::MutexLock lock(&mu_);
+    for (pid_t pid : pids_) kill(pid, sig);
+  }
+
+  const absl::Duration run_, period_;
+  std::atomic<bool> stop_{false};
+  absl::Mutex mu_;
+  std::set<pid_t> pids_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;  // last: started once the members above exist
+};
+
+// Child-safe: one pread of a page that is not local. Exit code 0 when it
+// returned the right bytes, 100 + errno when it failed no sooner than
+// `not_before`, 99 when it failed sooner.
+int PreadExpectingError(const std::string& path, uint64_t offset,
+                        const std::vector<uint8_t>& expected, absl::Duration not_before) {
+  int fd = open(path.c_str(), O_RDONLY);
+  if (fd < 0) return kOpen;
+  std::vector<uint8_t> buf(kPage);
+  const absl::Time start = absl::Now();
+  ssize_t n = pread(fd, buf.data(), buf.size(), static_cast<off_t>(offset));
+  const int error = errno;
+  const absl::Duration took = absl::Now() - start;
+  close(fd);
+  if (n < 0) return took >= not_before ? 100 + error : 99;
+  if (static_cast<size_t>(n) != buf.size()) return kShortRead;
+  return std::memcmp(buf.data(), expected.data() + offset, buf.size()) == 0 ? 0 : kMismatch;
+}
+
+void Report(const std::string& test, int survived, const std::string& what, uint64_t bytes) {
+  std::printf("[%s] survived %d %s; verified %llu bytes\n", test.c_str(), survived, what.c_str(),
+              static_cast<unsigned long long>(bytes));
+  std::fflush(stdout);
+}
+
+// --- --fetch-timeout -----------------------------------------------------------
+
+TEST(FetchTimeout, ReadFailsWithEioAfterTheTimeoutThenSucceedsOnceTheSourceIsBack) {
+  constexpr uint64_t kSize = 16 * kMiB;
+  constexpr int kTimeoutSeconds = 2;
+  TempDir dir;
+  std::vector<uint8_t> image = WriteImage(dir.Sub("img"), kSize, 41);
+  const std::vector<std::string> regions = {"mem0=" + dir.Sub("img")};
+  auto server = PageServerProcess::Start(regions);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const uint16_t port = (*server)->port();
+  auto mount =
+      MountProcess::Start(dir, {.source = (*server)->url(),
+                                .extra_args = {"--fetch-timeout", absl::StrCat(kTimeoutSeconds)}});
+  ASSERT_TRUE(mount.ok()) << mount.status();
+  MountProcess& m = **mount;
+  const std::string file = m.File("mem0");
+  ASSERT_EQ(RunInChild([&] { return PreadAndCompare(file, 0, kMiB, image); }), 0);
+
+  int outages = 0;
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(absl::StrCat("round ", round));
+    (*server)->Kill();
+    ++outages;
+    ASSERT_EQ(WaitForSource(m, "reconnecting"), "reconnecting") << m.log();
+
+    // Pages of a data MiB that nobody has read.
+    const uint64_t offset = (5 + 4 * static_cast<uint64_t>(round)) * kMiB + 3 * kPage;
+    EXPECT_EQ(RunInChild([&] {
+                return PreadExpectingError(file, offset, image, absl::Seconds(kTimeoutSeconds));
+              }),
+              100 + EIO)
+        << "expected EIO, no sooner than the timeout\n"
+        << m.log();
+    // A mapped page that cannot be fetched is a SIGBUS: what the flag asks for.
+    EXPECT_EQ(RunInChild([&] {
+                int fd = open(file.c_str(), O_RDONLY);
+                auto* p = static_cast<volatile const uint8_t*>(
+                    mmap(nullptr, kSize, PROT_READ, MAP_SHARED, fd, 0));
+                return p[offset + kMiB / 2] == 0x5a ? 1 : 2;
+              }),
+              -1)
+        << "touching an unreachable mapped page did not kill the toucher";
+    RunResult prefetch = m.Ctl({"prefetch", "mem0", absl::StrCat(offset + kMiB / 4), "4096"});
+    EXPECT_NE(prefetch.exit_code, 0);
+    EXPECT_TRUE(absl::StrContains(prefetch.err, "fetch-timeout")) << prefetch.err;
+
+    server = PageServerProcess::Start(regions, port);
+    ASSERT_TRUE(server.ok()) << server.status();
+    EXPECT_EQ(WaitForSource(m, "connected"), "connected") << m.log();
+    EXPECT_EQ(RunInChild([&] { return PreadAndCompare(file, offset, kMiB, image); }), 0) << m.log();
+  }
+  auto status = m.Status();
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_GE((*status)["fetch_timeouts"].get<uint64_t>(), 4u);  // 2 reads + 2 prefetches
+  const uint64_t verified = VerifyAll(file, image);
+  Report("FetchTimeout", outages, "outages", verified);
+  EXPECT_EQ(m.Unmount(), 0) << m.log();
+}
+
+// --- Replicas ------------------------------------------------------------------
+
+TEST(Replicas, PullAndReadsSurviveKillingTheReplicaInUse) {
+  constexpr uint64_t kSize = 128 * kMiB;
+  constexpr int kKills = 4;
+  TempDir dir;
+  std::vector<uint8_t> image = WriteImage(dir.Sub("img"), kSize, 42);
+  const std::vector<std::string> regions = {"mem0=" + dir.Sub("img")};
+  std::unique_ptr<PageServerProcess> servers[2];
+  uint16_t ports[2];
+  Throttle throttle(absl::Milliseconds(2), absl::Milliseconds(250));
+  for (int i = 0; i < 2; ++i) {
+    auto s = PageServerProcess::Start(regions);
+    ASSERT_TRUE(s.ok()) << s.status();
+    servers[i] = *std::move(s);
+    ports[i] = servers[i]->port();
+    throttle.Add(servers[i]->pid());
+  }
+  const std::string urls[2] = {servers[0]->url(), servers[1]->url()};
+  auto mount =
+      MountProcess::Start(dir, {.source = urls[0],
+                                .prefetch = true,
+                                // Few replies in flight: a server thawed for a moment sends little.
+                                .extra_args = {"--source", urls[1], "--max-fetch-memory", "16"}});
+  ASSERT_TRUE(mount.ok()) << mount.status();
+  MountProcess& m = **mount;
+  const std::string file = m.File("mem0");
+  const uint64_t total = kSize / kPage;
+  {
+    auto status = m.Status();
+    ASSERT_TRUE(status.ok()) << status.status();
+    ASSERT_EQ((*status)["sources"].size(), 2u) << *status;
+    EXPECT_EQ((*status)["current_source"], urls[0]) << *status;
+    EXPECT_NE((*status)["sources"][1]["state"], "refused") << *status;
+  }
+
+  // A consumer that maps the file and touches it all over while replicas
+  // die under it: a failed fetch would be a SIGBUS, a wrong one a mismatch.
+  auto consumer = ChildProcess::Start([&] {
+    int fd = open(file.c_str(), O_RDONLY);
+    if (fd < 0) return static_cast<int>(kOpen);
+    auto* p = static_cast<const uint8_t*>(mmap(nullptr, kSize, PROT_READ, MAP_SHARED, fd, 0));
+    if (p == MAP_FAILED) return static_cast<int>(kMap);
+    std::mt19937_64 rng(7);
+    for (int i = 0; i < 64; ++i) {
+      const uint64_t at = rng() % total * kPage;
+      if (std::memcmp(p + at, image.data() + at, kPage) != 0) return static_cast<int>(kMismatch);
+    }
+    return std::memcmp(p, image.data(), kSize) == 0 ? 0 : static_cast<int>(kMismatch);
+  });
+
+  int kills = 0;
+  uint64_t verified = 0;
+  uint64_t local = LocalPages(m, "mem0");
+  for (int cycle = 0; cycle < kKills; ++cycle) {
+    SCOPED_TRACE(absl::StrCat("kill ", cycle));
+    local = WaitForLocalPast(m, local + 256, total);
+    auto status = m.Status();
+    ASSERT_TRUE(status.ok()) << status.status();
+    const int victim = (*status)["current_source"] == urls[0] ? 0 : 1;
+    ASSERT_EQ((*status)["current_source"], urls[victim]) << *status;
+    // Freeze the victim, so the pull cannot finish between this check and
+    // the kill.
+    throttle.Remove(servers[victim]->pid());
+    kill(servers[victim]->pid(), SIGSTOP);
+    local = LocalPages(m, "mem0");
+    ASSERT_LT(local, total) << "the pull finished before kill " << cycle
+                            << "; the throttle did not hold it back";
+    servers[victim]->Kill();
+    ++kills;
+
+    // With the victim still down: a demand read completes, and the pull
+    // goes on, both served by the other replica.
+    const uint64_t offset = (41 + 13 * static_cast<uint64_t>(cycle)) * kMiB + 4321;
+    EXPECT_EQ(RunInChild([&] { return PreadAndCompare(file, offset, kMiB + 99, image); },
+                         absl::Seconds(120)),
+              0)
+        << m.log();
+    verified += kMiB + 99;
+    const uint64_t after = WaitForLocalPast(m, local + 128, total);
+    EXPECT_TRUE(after > local + 128 || after == total) << "no progress without the victim";
+    status = m.Status();
+    ASSERT_TRUE(status.ok()) << status.status();
+    EXPECT_EQ((*status)["current_source"], urls[1 - victim]) << *status;
+
+    auto restarted = PageServerProcess::Start(regions, ports[victim]);
+    ASSERT_TRUE(restarted.ok()) << restarted.status();
+    servers[victim] = *std::move(restarted);
+    throttle.Add(servers[victim]->pid());
+  }
+  throttle.Clear();
+
+  RunResult wait = m.Ctl({"wait", "--timeout", "180"}, absl::Seconds(240));
+  EXPECT_EQ(wait.exit_code, 0) << wait.err << m.log();
+  EXPECT_EQ(consumer->Wait(absl::Seconds(120)), 0) << m.log();
+  verified += kSize;
+  EXPECT_EQ(WaitForSource(m, "detached"), "detached") << m.log();
+  auto status = m.Status();
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_GE((*status)["failovers"].get<uint64_t>(), static_cast<uint64_t>(kKills)) << *status;
+  verified += VerifyAll(file, image);
+  Report("Replicas", kills, "kills of the replica in use", verified);
+  EXPECT_EQ(m.Unmount(), 0) << m.log();
+}
+
+TEST(Replicas, ReplicaWithAnotherImageIsRefused) {
+  constexpr uint64_t kSize = 8 * kMiB;
+  TempDir dir;
+  std::vector<uint8_t> image = WriteImage(dir.Sub("img"), kSize, 43);
+  WriteImage(dir.Sub("bigger"), 2 * kSize, 44);
+  // Same name and size; its last MiB is a hole, so its zero extents differ.
+  WriteImage(dir.Sub("holey"), kSize, 43, 4, kMiB);
+  auto a = PageServerProcess::Start({"mem0=" + dir.Sub("img")});
+  auto b = PageServerProcess::Start({"mem0=" + dir.Sub("bigger")});
+  auto c = PageServerProcess::Start({"mem0=" + dir.Sub("holey")});
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  const uint16_t port = (*a)->port();
+  auto mount = MountProcess::Start(
+      dir,
+      {.source = (*a)->url(), .extra_args = {"--source", (*b)->url(), "--source", (*c)->url()}});
+  ASSERT_TRUE(mount.ok()) << mount.status();
+  MountProcess& m = **mount;
+  const std::string file = m.File("mem0");
+
+  auto status = m.Status();
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ((*status)["current_source"], (*a)->url());
+  EXPECT_EQ((*status)["sources"][1]["state"], "refused") << *status;
+  EXPECT_EQ((*status)["sources"][2]["state"], "refused") << *status;
+  EXPECT_TRUE(absl::StrContains(m.log(), absl::StrCat((*b)->url(), " refused"))) << m.log();
+  EXPECT_TRUE(absl::StrContains(m.log(), "zero extents")) << m.log();
+  const uint64_t refusals_before = (*status)["sources"][1]["refusals"].get<uint64_t>() +
+                                   (*status)["sources"][2]["refusals"].get<uint64_t>();
+
+  (*a)->Kill();
+  auto reader = ChildProcess::Start([&] { return PreadAndCompare(file, kMiB, 3 * kMiB, image); });
+  absl::SleepFor(absl::Seconds(3));
+  EXPECT_TRUE(StillRunning(*reader)) << "a read finished against a replica with another image";
+  status = m.Status();
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ((*status)["source"], "reconnecting");
+  EXPECT_GT((*status)["sources"][1]["refusals"].get<uint64_t>() +
+                (*status)["sources"][2]["refusals"].get<uint64_t>(),
+            refusals_before)
+      << "the other replicas were not tried (and refused) while the first was down\n"
+      << *status;
+
+  a = PageServerProcess::Start({"mem0=" + dir.Sub("img")}, port);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(reader->Wait(absl::Seconds(60)), 0) << m.log();
+  const uint64_t verified = 3 * kMiB + VerifyAll(file, image);
+  Report("ReplicaRefused", 1, "kills", verified);
+  EXPECT_EQ(m.Unmount(), 0) << m.log();
+}
+
+TEST(Replicas, BadReplicaListsAreRefusedWithOneLine) {
+  TempDir dir;
+  const std::string mnt = dir.Sub("mnt");
+  std::filesystem::create_directories(mnt);
+  WriteImage(dir.Sub("img"), kMiB, 45);
+  auto mount = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv = {LazyramdPath(), "mount",     mnt,
+                                     "--foreground", "--control", dir.Sub("ctl.sock")};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return ::lazyram::testing::Run(argv);
+  };
+  struct Case {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {{"--source", "tcp://127.0.0.1:1", "--source", "file://" + dir.Sub("img")}, "replicas"},
+      {{"--source", "file://" + dir.Sub("img"), "--source", "tcp://127.0.0.1:1"}, "replicas"},
+      {{"--source", "tcp://127.0.0.1:1", "--source", "tcp://127.0.0.1:1"}, "given twice"},
+      {{"--source", "tcp://127.0.0.1:1", "--source", "tcp://127.0.0.1:2"}, "no replica answered"},
+      {{"--source", "tcp://127.0.0.1:1", "--max-fetch-memory", "1"}, "--max-fetch-memory"},
+      {{"--source", "tcp://127.0.0.1:1", "--fetch-timeout", "0"}, "--fetch-timeout"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(absl::StrJoin(c.args, " "));
+    RunResult r = mount(c.args);
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_EQ(CountOccurrences(r.err, "\n"), 1u) << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, c.says)) << r.err;
+    EXPECT_FALSE(IsMounted(mnt));
+  }
+}
+
+// --- --max-fetch-memory --------------------------------------------------------
+
+TEST(FetchMemory, CapHoldsBulkBackAndLetsDemandThrough) {
+  constexpr uint64_t kSize = 32 * kMiB;
+  TempDir dir;
+  std::vector<uint8_t> image = WriteImage(dir.Sub("img"), kSize, 46);
+  auto server = PageServerProcess::Start({"mem0=" + dir.Sub("img")});
+  ASSERT_TRUE(server.ok()) << server.status();
+  // A slow server: replies trickle, so requests pile up in the daemon.
+  Throttle throttle(absl::Milliseconds(2), absl::Milliseconds(300));
+  throttle.Add((*server)->pid());
+  auto mount = MountProcess::Start(
+      dir,
+      {.source = (*server)->url(), .prefetch = true, .extra_args = {"--max-fetch-memory", "16"}});
+  ASSERT_TRUE(mount.ok()) << mount.status();
+  MountProcess& m = **mount;
+  const std::string file = m.File("mem0");
+  const uint64_t cap = 16 * kMiB;
+
+  // Demand reads get through while the pull is held at the cap.
+  auto reader = ChildProcess::Start([&] { return PreadAndCompare(file, 20 * kMiB, kMiB, image); });
+  uint64_t most = 0, waits = 0;
+  const absl::Time until = absl::Now() + absl::Seconds(4);
+  while (absl::Now() < until) {
+    auto status = m.Status();
+    ASSERT_TRUE(status.ok()) << status.status();
+    const nlohmann::json& mem = (*status)["fetch_memory"];
+    ASSERT_EQ(mem["cap"].get<uint64_t>(), cap) << *status;
+    most = std::max(most, mem["buffers"].get<uint64_t>() + mem["in_flight"].get<uint64_t>());
+    waits = mem["waits"].get<uint64_t>();
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_LE(most, cap);
+  EXPECT_GT(waits, 0u) << "no request ever waited: the cap did not bind";
+  EXPECT_EQ(reader->Wait(absl::Seconds(120)), 0) << m.log();
+
+  throttle.Clear();
+  RunResult wait = m.Ctl({"wait", "--timeout", "120"}, absl::Seconds(180));
+  EXPECT_EQ(wait.exit_code, 0) << wait.err << m.log();
+  auto status = m.Status();
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_LE((*status)["fetch_memory"]["peak"].get<uint64_t>(), cap) << *status;
+  const uint64_t verified = kMiB + VerifyAll(file, image);
+  Report("FetchMemory", 0, "kills", verified);
+  EXPECT_EQ(m.Unmount(), 0) << m.log();
+}
+
+}  // namespace
+}  // namespace lazyram::testing
