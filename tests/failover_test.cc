@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <set>
 #include <thread>
@@ -26,6 +27,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -492,6 +494,272 @@ TEST(FetchMemory, CapHoldsBulkBackAndLetsDemandThrough) {
   EXPECT_LE((*status)["fetch_memory"]["peak"].get<uint64_t>(), cap) << *status;
   const uint64_t verified = kMiB + VerifyAll(file, image);
   Report("FetchMemory", 0, "kills", verified);
+  EXPECT_EQ(m.Unmount(), 0) << m.log();
+}
+
+// --- Network cut --------------------------------------------------------------
+
+std::string FindTool(const std::string& name) {
+  for (const char* dir : {"/usr/sbin", "/sbin", "/usr/bin", "/bin"}) {
+    const std::string path = absl::StrCat(dir, "/", name);
+    if (access(path.c_str(), X_OK) == 0) return path;
+  }
+  return "";
+}
+
+// A network namespace joined to this one by a veth pair on a random /30 of
+// 10.0.0.0/8. The destructor deletes the pair and the namespace, whatever
+// happened; kill what runs inside first.
+class NetnsLink {
+ public:
+  // Null with `*why` set when it could not be made; `*not_permitted` when
+  // `ip netns add` itself was refused (the test then skips).
+  static std::unique_ptr<NetnsLink> Create(std::string* why, bool* not_permitted) {
+    auto link = std::unique_ptr<NetnsLink>(new NetnsLink);
+    *not_permitted = false;
+    link->ip_ = FindTool("ip");
+    link->tc_ = FindTool("tc");
+    if (link->ip_.empty()) {
+      *why = "no ip(8) binary";
+      *not_permitted = true;
+      return nullptr;
+    }
+    std::random_device random;
+    const uint32_t r = random();
+    const std::string id = absl::StrCat(getpid() % 100000, "x", r % 4096);
+    link->ns_ = absl::StrCat("lazyram-cut-", id);
+    link->host_dev_ = absl::StrCat("lzh", id);
+    link->ns_dev_ = absl::StrCat("lzp", id);
+    const std::string base = absl::StrCat("10.", 100 + (r >> 12) % 150, ".", (r >> 20) % 256, ".");
+    const uint32_t quad = 4 * (random() % 64);
+    link->host_ip_ = absl::StrCat(base, quad + 1);
+    link->ns_ip_ = absl::StrCat(base, quad + 2);
+
+    RunResult add = Run({link->ip_, "netns", "add", link->ns_});
+    if (add.exit_code != 0) {
+      *why = absl::StrCat("ip netns add is not permitted here: ", add.err);
+      *not_permitted = true;
+      return nullptr;
+    }
+    link->ns_made_ = true;
+    const std::vector<std::vector<std::string>> steps = {
+        {"link", "add", link->host_dev_, "type", "veth", "peer", "name", link->ns_dev_},
+        {"link", "set", link->ns_dev_, "netns", link->ns_},
+        {"addr", "add", link->host_ip_ + "/30", "dev", link->host_dev_},
+        {"link", "set", link->host_dev_, "up"},
+        {"netns", "exec", link->ns_, link->ip_, "addr", "add", link->ns_ip_ + "/30", "dev",
+         link->ns_dev_},
+        {"netns", "exec", link->ns_, link->ip_, "link", "set", link->ns_dev_, "up"},
+        {"netns", "exec", link->ns_, link->ip_, "link", "set", "lo", "up"},
+    };
+    for (const std::vector<std::string>& step : steps) {
+      std::vector<std::string> argv = {link->ip_};
+      argv.insert(argv.end(), step.begin(), step.end());
+      RunResult r = Run(argv);
+      if (r.exit_code != 0) {
+        *why = absl::StrCat("ip ", absl::StrJoin(step, " "), ": ", r.err);
+        return nullptr;  // the destructor undoes what was made
+      }
+      if (step[0] == "link" && step[1] == "add") link->link_made_ = true;
+    }
+    return link;
+  }
+
+  ~NetnsLink() {
+    std::string ignored;
+    if (loss_on_) Loss(false, loss_by_netem_, &ignored);   // a host route outlives the link
+    if (link_made_) Run({ip_, "link", "del", host_dev_});  // deletes the peer too
+    if (ns_made_) Run({ip_, "netns", "del", ns_});
+  }
+
+  const std::string& ip() const { return ip_; }
+  const std::string& ns() const { return ns_; }
+  const std::string& ns_ip() const { return ns_ip_; }
+
+  bool SetLinkUp(bool up) {
+    return Run({ip_, "link", "set", host_dev_, up ? "up" : "down"}).exit_code == 0;
+  }
+  // 100% loss both ways while the link stays up: netem on both ends, or,
+  // where the kernel has no netem (this one has none), blackhole routes to
+  // the other end on both sides, which drop every packet just as silently.
+  // `*how` says which was used.
+  bool SetTotalLoss(bool on, std::string* how) {
+    if (on) loss_by_netem_ = Loss(true, /*netem=*/true, how);
+    if (on && loss_by_netem_) return true;
+    std::string netem_error = *how;
+    if (Loss(on, loss_by_netem_, how)) {
+      if (on) *how = absl::StrCat("blackhole routes (netem: ", netem_error, ")");
+      return true;
+    }
+    return false;
+  }
+
+ private:
+  NetnsLink() = default;
+  bool Loss(bool on, bool netem, std::string* why) {
+    std::vector<std::vector<std::string>> steps;
+    const std::string verb = on ? "add" : "del";
+    if (netem) {
+      if (tc_.empty()) {
+        *why = "no tc(8) binary";
+        return false;
+      }
+      std::vector<std::string> tail = {"root"};
+      if (on) tail = {"root", "netem", "loss", "100%"};
+      steps.push_back({tc_, "qdisc", verb, "dev", host_dev_});
+      steps.push_back({ip_, "netns", "exec", ns_, tc_, "qdisc", verb, "dev", ns_dev_});
+      for (auto& step : steps) step.insert(step.end(), tail.begin(), tail.end());
+    } else {
+      steps.push_back({ip_, "route", verb, "blackhole", ns_ip_ + "/32"});
+      steps.push_back(
+          {ip_, "netns", "exec", ns_, ip_, "route", verb, "blackhole", host_ip_ + "/32"});
+    }
+    for (const auto& argv : steps) {
+      RunResult r = Run(argv);
+      if (r.exit_code != 0) {
+        *why =
+            absl::StrCat(absl::StrJoin(argv, " "), ": ", absl::StripTrailingAsciiWhitespace(r.err));
+        return false;
+      }
+      loss_on_ = on;
+    }
+    *why = netem ? "netem loss 100%" : "blackhole routes";
+    return true;
+  }
+
+  std::string ip_, tc_, ns_, host_dev_, ns_dev_, host_ip_, ns_ip_;
+  bool ns_made_ = false, link_made_ = false;
+  bool loss_by_netem_ = false;
+  bool loss_on_ = false;  // some of the loss is in place
+};
+
+// `lazyramd serve` inside the namespace, listening on its veth address.
+// The destructor kills it (SIGKILL, by pid) and reaps it.
+class NetnsServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<NetnsServer>> Start(const NetnsLink& link,
+                                                            const std::string& region) {
+    // TODO(merge with the auth branch): pass --insecure here once `serve`
+    // refuses a non-loopback --listen without --auth-key-file; this branch
+    // has no such flag yet.
+    const std::vector<std::string> argv = {
+        link.ip(),      "netns", "exec",     link.ns(),
+        LazyramdPath(), "serve", "--listen", absl::StrCat(link.ns_ip(), ":0"),
+        "--region",     region};
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) != 0) return absl::InternalError("pipe");
+    std::fflush(nullptr);
+    auto server = std::unique_ptr<NetnsServer>(new NetnsServer);
+    server->pid_ = fork();
+    if (server->pid_ == 0) {
+      dup2(out[1], STDOUT_FILENO);
+      execv(args[0], args.data());
+      _exit(127);
+    }
+    close(out[1]);
+    std::string line;
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (line.find('\n') == std::string::npos) {
+      pollfd pfd{out[0], POLLIN, 0};
+      const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
+      if (left <= 0 || poll(&pfd, 1, static_cast<int>(left)) <= 0) break;
+      char buf[256];
+      ssize_t n = read(out[0], buf, sizeof buf);
+      if (n <= 0) break;
+      line.append(buf, static_cast<size_t>(n));
+    }
+    close(out[0]);
+    const std::string prefix = absl::StrCat("listening on ", link.ns_ip(), ":");
+    uint32_t port = 0;
+    if (line.rfind(prefix, 0) != 0 ||
+        !absl::SimpleAtoi(line.substr(prefix.size(), line.find('\n') - prefix.size()), &port)) {
+      return absl::InternalError(absl::StrCat("page server in ", link.ns(), " said '", line, "'"));
+    }
+    server->url_ = absl::StrCat("tcp://", link.ns_ip(), ":", port);
+    return server;
+  }
+  ~NetnsServer() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    int status;
+    waitpid(pid_, &status, 0);
+  }
+  pid_t pid() const { return pid_; }
+  const std::string& url() const { return url_; }
+
+ private:
+  NetnsServer() = default;
+  pid_t pid_ = -1;
+  std::string url_;
+};
+
+TEST(NetworkCut, PullAndReadsWaitThroughLinkDownAndTotalLoss) {
+  constexpr uint64_t kSize = 128 * kMiB;
+  TempDir dir;
+  std::string why;
+  bool not_permitted = false;
+  std::unique_ptr<NetnsLink> link = NetnsLink::Create(&why, &not_permitted);
+  if (link == nullptr && not_permitted) GTEST_SKIP() << why;
+  ASSERT_NE(link, nullptr) << why;
+  std::vector<uint8_t> image = WriteImage(dir.Sub("img"), kSize, 47);
+  auto server = NetnsServer::Start(*link, "mem0=" + dir.Sub("img"));
+  ASSERT_TRUE(server.ok()) << server.status();
+  Throttle throttle(absl::Milliseconds(2), absl::Milliseconds(400));
+  throttle.Add((*server)->pid());
+  auto mount = MountProcess::Start(dir, {.source = (*server)->url(), .prefetch = true});
+  ASSERT_TRUE(mount.ok()) << mount.status();
+  MountProcess& m = **mount;
+  const std::string file = m.File("mem0");
+  const uint64_t total = kSize / kPage;
+
+  struct Cut {
+    std::string name;
+    std::function<bool(bool cut, std::string* why)> apply;
+    uint64_t read_at;
+  };
+  const std::vector<Cut> cuts = {
+      {"link down", [&](bool cut, std::string*) { return link->SetLinkUp(!cut); },
+       100 * kMiB + 1234},
+      {"100% loss", [&](bool cut, std::string* w) { return link->SetTotalLoss(cut, w); },
+       75 * kMiB + 4321},
+  };
+  int survived = 0;
+  uint64_t verified = 0;
+  uint64_t local = LocalPages(m, "mem0");
+  for (const Cut& cut : cuts) {
+    SCOPED_TRACE(cut.name);
+    local = WaitForLocalPast(m, local + 256, total);
+    ASSERT_LT(local, total) << "the pull finished before the cut";
+    std::string how;
+    ASSERT_TRUE(cut.apply(true, &how)) << how;
+    std::printf("[NetworkCut] %s: %s\n", cut.name.c_str(),
+                how.empty() ? "ip link set down" : how.c_str());
+    absl::SleepFor(absl::Seconds(1));  // what was already on its way lands
+    const uint64_t during = LocalPages(m, "mem0");
+    auto reader =
+        ChildProcess::Start([&] { return PreadAndCompare(file, cut.read_at, kMiB / 2, image); });
+    absl::SleepFor(absl::Seconds(3));
+    EXPECT_TRUE(StillRunning(*reader)) << "a read finished while the link was cut";
+    EXPECT_EQ(LocalPages(m, "mem0"), during) << "pages arrived over a cut link";
+    auto status = m.Status();
+    ASSERT_TRUE(status.ok()) << status.status();
+    EXPECT_FALSE((*status)["complete"].get<bool>());
+
+    ASSERT_TRUE(cut.apply(false, &how)) << how;
+    ++survived;
+    EXPECT_EQ(reader->Wait(absl::Seconds(180)), 0) << m.log();
+    verified += kMiB / 2;
+    local = LocalPages(m, "mem0");
+  }
+  throttle.Clear();
+  RunResult wait = m.Ctl({"wait", "--timeout", "180"}, absl::Seconds(240));
+  EXPECT_EQ(wait.exit_code, 0) << wait.err << m.log();
+  EXPECT_EQ(WaitForSource(m, "detached"), "detached") << m.log();
+  verified += VerifyAll(file, image);
+  Report("NetworkCut", survived, "cuts", verified);
   EXPECT_EQ(m.Unmount(), 0) << m.log();
 }
 
