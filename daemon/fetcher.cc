@@ -46,6 +46,11 @@ constexpr size_t kRecvBuffer = 4 * (protocol::kHeaderSize + protocol::kMaxFrameB
 uint64_t ReplyCost(uint32_t count) { return protocol::PagesFrameCapacity(count); }
 constexpr absl::Duration kMinBackoff = absl::Milliseconds(50);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
+// With replicas to fail over to, a connection that owes replies and has
+// received nothing for this long counts as failed: a server that went
+// silent (host gone, link cut) never closes its connections itself. With
+// one source there is nowhere better to go, so it is waited for.
+constexpr absl::Duration kStallTimeout = absl::Seconds(10);
 
 }  // namespace
 
@@ -64,6 +69,9 @@ class Fetcher::Loop {
     std::string sending;   // the frames of the send in flight
     size_t sent = 0;
     bool send_inflight = false;
+    // Last time bytes arrived, or the first request went out on an idle
+    // connection: for kStallTimeout.
+    absl::Time last_progress = absl::InfinitePast();
     std::vector<uint8_t> in;
     size_t in_start = 0;  // bytes before this are parsed
     size_t in_len = 0;    // bytes received
@@ -103,6 +111,9 @@ class Fetcher::Loop {
   // Fails the demand fetches whose deadline passed; returns the next
   // deadline still ahead.
   absl::Time ExpireDemand();
+  // Fails connections stalled for kStallTimeout when there are replicas;
+  // returns when the next one would be.
+  absl::Time FailStalled();
   void Charge(uint64_t bytes);
   void Refund(uint64_t bytes);
 
@@ -175,7 +186,7 @@ void Fetcher::Loop::Run() {
         }
       }
     }
-    absl::Time wake_at = ExpireDemand();
+    absl::Time wake_at = std::min(ExpireDemand(), FailStalled());
     Distribute();
     for (size_t i = 0; i < conns_.size(); ++i) Pump(i);
 
@@ -285,6 +296,23 @@ absl::Time Fetcher::Loop::ExpireDemand() {
   return next;
 }
 
+absl::Time Fetcher::Loop::FailStalled() {
+  absl::Time next = absl::InfiniteFuture();
+  if (fetcher_->replicas_.size() < 2) return next;
+  const absl::Time now = absl::Now();
+  for (size_t i = 0; i < conns_.size(); ++i) {
+    Connection& c = conns_[i];
+    if (!c.up || c.outstanding.empty()) continue;
+    if (now - c.last_progress >= kStallTimeout) {
+      Fail(i, absl::UnavailableError(
+                  absl::StrCat("no reply for ", absl::FormatDuration(kStallTimeout))));
+    } else {
+      next = std::min(next, c.last_progress + kStallTimeout);
+    }
+  }
+  return next;
+}
+
 void Fetcher::Loop::Charge(uint64_t bytes) {
   inflight_ += bytes;
   fetcher_->memory_inflight_.store(inflight_, std::memory_order_relaxed);
@@ -304,6 +332,7 @@ void Fetcher::Loop::Distribute() {
     const uint64_t tag = next_tag_++;
     protocol::AppendRead(tag, {r.region, r.count, r.first_page, r.priority}, &c.out);
     Charge(ReplyCost(r.count));
+    if (c.outstanding.empty()) c.last_progress = absl::Now();
     c.outstanding.emplace(tag, std::move(r));
   };
   // A request that does not fit waits for replies to land; one alone in
@@ -435,6 +464,7 @@ void Fetcher::Loop::OnRecv(size_t index, int res) {
   if (res == 0) return Fail(index, absl::UnavailableError("page server closed the connection"));
   if (res < 0) return Fail(index, ErrnoStatus(-res, "recv"));
   c.in_len += static_cast<size_t>(res);
+  c.last_progress = absl::Now();
   size_t pos = c.in_start;
   while (c.in_len - pos >= protocol::kHeaderSize) {
     absl::StatusOr<protocol::FrameHeader> header = protocol::DecodeHeader(

@@ -6,7 +6,9 @@
 // Demand requests go only on the demand connection, so they never queue
 // behind a megabyte of bulk replies (the postcopy-preempt idea). When a
 // connection fails, its outstanding requests are re-sent once it is back —
-// on the next replica when there are several; fetches wait meanwhile, they
+// on the next replica when there are several (then a connection that owes
+// replies and receives nothing for 10 s also counts as failed); fetches
+// wait meanwhile, they
 // are not failed, unless `fetch_timeout` is set: a demand fetch not
 // answered within it fails with kUnavailable (the puller's bulk fetches
 // keep waiting). A reconnect must find the same region table.
@@ -14,8 +16,8 @@
 // Memory: each connection has a fixed receive buffer (pages are copied
 // from it into the store), and the replies owed by the servers — the
 // largest size of every request in flight — are capped so that buffers
-// plus replies stay within `max_memory`. At the cap bulk requests wait; a
-// demand request waits only for a quarter of the room kept for it.
+// plus replies stay within `max_memory`. Bulk requests use at most three
+// quarters of that room and wait beyond; demand requests may use all of it.
 //
 // Thread-safety: Fetch, Detach, state and stats may be called from any
 // thread. Callbacks run on the I/O thread and must not block.

@@ -417,6 +417,39 @@ TEST(Replicas, ReplicaWithAnotherImageIsRefused) {
   EXPECT_EQ(m.Unmount(), 0) << m.log();
 }
 
+// A replica that goes silent (stopped, not dead: its connections stay
+// open) is left once it has owed replies for a while.
+TEST(Replicas, SilentReplicaIsLeftForTheNextOne) {
+  constexpr uint64_t kSize = 16 * kMiB;
+  TempDir dir;
+  std::vector<uint8_t> image = WriteImage(dir.Sub("img"), kSize, 48);
+  const std::vector<std::string> regions = {"mem0=" + dir.Sub("img")};
+  auto a = PageServerProcess::Start(regions);
+  auto b = PageServerProcess::Start(regions);
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto mount =
+      MountProcess::Start(dir, {.source = (*a)->url(), .extra_args = {"--source", (*b)->url()}});
+  ASSERT_TRUE(mount.ok()) << mount.status();
+  MountProcess& m = **mount;
+  const std::string file = m.File("mem0");
+  ASSERT_EQ(RunInChild([&] { return PreadAndCompare(file, 0, kMiB, image); }), 0);
+
+  kill((*a)->pid(), SIGSTOP);
+  EXPECT_EQ(RunInChild([&] { return PreadAndCompare(file, 5 * kMiB + 999, kMiB, image); },
+                       absl::Seconds(120)),
+            0)
+      << m.log();
+  auto status = m.Status();
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ((*status)["current_source"], (*b)->url()) << *status;
+  EXPECT_GE((*status)["failovers"].get<uint64_t>(), 1u) << *status;
+  EXPECT_TRUE(absl::StrContains(m.log(), "no reply for")) << m.log();
+  kill((*a)->pid(), SIGCONT);
+  const uint64_t verified = kMiB + VerifyAll(file, image);
+  Report("SilentReplica", 1, "silent replicas", verified);
+  EXPECT_EQ(m.Unmount(), 0) << m.log();
+}
+
 TEST(Replicas, BadReplicaListsAreRefusedWithOneLine) {
   TempDir dir;
   const std::string mnt = dir.Sub("mnt");
