@@ -417,6 +417,28 @@ TEST(Replicas, ReplicaWithAnotherImageIsRefused) {
   EXPECT_EQ(m.Unmount(), 0) << m.log();
 }
 
+TEST(Replicas, MountStartsOnTheFirstReplicaThatAnswers) {
+  constexpr uint64_t kSize = 8 * kMiB;
+  TempDir dir;
+  std::vector<uint8_t> image = WriteImage(dir.Sub("img"), kSize, 49);
+  auto b = PageServerProcess::Start({"mem0=" + dir.Sub("img")});
+  ASSERT_TRUE(b.ok()) << b.status();
+  // Nothing listens on port 1 of 127.0.0.1.
+  auto mount = MountProcess::Start(
+      dir, {.source = "tcp://127.0.0.1:1", .extra_args = {"--source", (*b)->url()}});
+  ASSERT_TRUE(mount.ok()) << mount.status();
+  MountProcess& m = **mount;
+  auto status = m.Status();
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ((*status)["current_source"], (*b)->url()) << *status;
+  EXPECT_EQ((*status)["sources"][0]["state"], "down") << *status;
+  EXPECT_EQ((*status)["sources"][1]["state"], "up") << *status;
+  EXPECT_EQ((*status)["source"], "connected") << *status;
+  const uint64_t verified = VerifyAll(m.File("mem0"), image);
+  Report("FirstAnswering", 0, "kills", verified);
+  EXPECT_EQ(m.Unmount(), 0) << m.log();
+}
+
 // A replica that goes silent (stopped, not dead: its connections stay
 // open) is left once it has owed replies for a while.
 TEST(Replicas, SilentReplicaIsLeftForTheNextOne) {
@@ -473,6 +495,12 @@ TEST(Replicas, BadReplicaListsAreRefusedWithOneLine) {
       {{"--source", "tcp://127.0.0.1:1", "--max-fetch-memory", "1"}, "--max-fetch-memory"},
       {{"--source", "tcp://127.0.0.1:1", "--fetch-timeout", "0"}, "--fetch-timeout"},
   };
+  // One URL per --source, so a mount point after it is still the mount
+  // point (as before replicas existed).
+  RunResult r = ::lazyram::testing::Run({LazyramdPath(), "mount", "--source", "tcp://127.0.0.1:1",
+                                         mnt, "--foreground", "--control", dir.Sub("ctl.sock")});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_TRUE(absl::StrContains(r.err, "cannot connect to 127.0.0.1:1")) << r.err;
   for (const Case& c : cases) {
     SCOPED_TRACE(absl::StrJoin(c.args, " "));
     RunResult r = mount(c.args);

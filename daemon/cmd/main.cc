@@ -29,12 +29,14 @@ int main(int argc, char** argv) {
   CLI::App* mount_cmd = app.add_subcommand("mount", "Mount regions as files at MOUNTPOINT");
   mount_cmd->add_option("MOUNTPOINT", mount.mountpoint, "An existing directory")->required();
   std::vector<std::string> sources;
-  mount_cmd->add_option("--source", sources,
-                        "tcp://HOST:PORT of a page server, file://PATH of a raw RAM file (or a "
-                        "directory of them), or qemu-stream://PATH of a QEMU migration stream or "
-                        "savevm file; without it the mount starts empty. Repeat it to name "
-                        "replicas of the same image (tcp:// only): the mount fails over between "
-                        "them");
+  mount_cmd
+      ->add_option("--source", sources,
+                   "tcp://HOST:PORT of a page server, file://PATH of a raw RAM file (or a "
+                   "directory of them), or qemu-stream://PATH of a QEMU migration stream or "
+                   "savevm file; without it the mount starts empty. Repeat it to name "
+                   "replicas of the same image (tcp:// only): the mount fails over between "
+                   "them")
+      ->allow_extra_args(false);  // one URL per --source, as with a single source
   mount_cmd
       ->add_option("--fetch-timeout", mount.fetch_timeout,
                    "SECONDS: fail a read (EIO; SIGBUS for a mapped page) or a prefetch whose "
