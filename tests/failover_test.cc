@@ -230,12 +230,15 @@ TEST(FetchTimeout, ReadFailsWithEioAfterTheTimeoutThenSucceedsOnceTheSourceIsBac
 
     // Pages of a data MiB that nobody has read.
     const uint64_t offset = (5 + 4 * static_cast<uint64_t>(round)) * kMiB + 3 * kPage;
+    const absl::Time read_start = absl::Now();
     EXPECT_EQ(RunInChild([&] {
                 return PreadExpectingError(file, offset, image, absl::Seconds(kTimeoutSeconds));
               }),
               100 + EIO)
         << "expected EIO, no sooner than the timeout\n"
         << m.log();
+    std::printf("[FetchTimeout] EIO after %.2f s (timeout %d s)\n",
+                absl::ToDoubleSeconds(absl::Now() - read_start), kTimeoutSeconds);
     // A mapped page that cannot be fetched is a SIGBUS: what the flag asks for.
     EXPECT_EQ(RunInChild([&] {
                 int fd = open(file.c_str(), O_RDONLY);
@@ -336,11 +339,15 @@ TEST(Replicas, PullAndReadsSurviveKillingTheReplicaInUse) {
     // With the victim still down: a demand read completes, and the pull
     // goes on, both served by the other replica.
     const uint64_t offset = (41 + 13 * static_cast<uint64_t>(cycle)) * kMiB + 4321;
+    const absl::Time read_start = absl::Now();
     EXPECT_EQ(RunInChild([&] { return PreadAndCompare(file, offset, kMiB + 99, image); },
                          absl::Seconds(120)),
               0)
         << m.log();
     verified += kMiB + 99;
+    std::printf(
+        "[Replicas] kill %d: a 1 MiB read of absent pages took %.2f s on the other replica\n",
+        cycle, absl::ToDoubleSeconds(absl::Now() - read_start));
     const uint64_t after = WaitForLocalPast(m, local + 128, total);
     EXPECT_TRUE(after > local + 128 || after == total) << "no progress without the victim";
     status = m.Status();
@@ -457,10 +464,13 @@ TEST(Replicas, SilentReplicaIsLeftForTheNextOne) {
   ASSERT_EQ(RunInChild([&] { return PreadAndCompare(file, 0, kMiB, image); }), 0);
 
   kill((*a)->pid(), SIGSTOP);
+  const absl::Time read_start = absl::Now();
   EXPECT_EQ(RunInChild([&] { return PreadAndCompare(file, 5 * kMiB + 999, kMiB, image); },
                        absl::Seconds(120)),
             0)
       << m.log();
+  std::printf("[SilentReplica] a read with the replica in use stopped took %.2f s\n",
+              absl::ToDoubleSeconds(absl::Now() - read_start));
   auto status = m.Status();
   ASSERT_TRUE(status.ok()) << status.status();
   EXPECT_EQ((*status)["current_source"], (*b)->url()) << *status;
