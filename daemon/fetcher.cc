@@ -144,6 +144,7 @@ void Fetcher::Loop::Up(Connection& c, UniqueFd fd, size_t replica) {
   c.replica = replica;
   c.round_failures = 0;
   fetcher_->replicas_.ConnectionUp(replica);
+  fetcher_->failing_fast_.store(false, std::memory_order_relaxed);
   c.up = true;
   c.closing = false;
   c.in_start = 0;
@@ -287,6 +288,7 @@ absl::Time Fetcher::Loop::ExpireDemand() {
   }
   if (expired.empty()) return next;
   fetcher_->fetch_timeouts_.fetch_add(expired.size(), std::memory_order_relaxed);
+  fetcher_->failing_fast_.store(true, std::memory_order_relaxed);
   LogWarning("%d demand fetch(es) not answered within --fetch-timeout %s: failed", expired.size(),
              absl::FormatDuration(fetcher_->options_.fetch_timeout));
   const absl::Status error =
@@ -465,6 +467,7 @@ void Fetcher::Loop::OnRecv(size_t index, int res) {
   if (res < 0) return Fail(index, ErrnoStatus(-res, "recv"));
   c.in_len += static_cast<size_t>(res);
   c.last_progress = absl::Now();
+  fetcher_->failing_fast_.store(false, std::memory_order_relaxed);
   size_t pos = c.in_start;
   while (c.in_len - pos >= protocol::kHeaderSize) {
     absl::StatusOr<protocol::FrameHeader> header = protocol::DecodeHeader(
@@ -606,6 +609,15 @@ void Fetcher::Wake() {
 
 void Fetcher::Fetch(uint32_t region, uint64_t first_page, uint32_t count, Priority priority,
                     FetchCallback done) {
+  // The outage that timed a fetch out goes on: fail at once rather than
+  // make every read wait the timeout again.
+  if (priority == Priority::kDemand && failing_fast_.load(std::memory_order_relaxed)) {
+    fetch_timeouts_.fetch_add(1, std::memory_order_relaxed);
+    done(absl::UnavailableError(
+        absl::StrCat("the page server did not answer within --fetch-timeout ",
+                     absl::FormatDuration(options_.fetch_timeout), " and has not answered since")));
+    return;
+  }
   bool refused = false;
   bool was_empty = false;
   {

@@ -10,8 +10,10 @@
 // replies and receives nothing for 10 s also counts as failed); fetches
 // wait meanwhile, they
 // are not failed, unless `fetch_timeout` is set: a demand fetch not
-// answered within it fails with kUnavailable (the puller's bulk fetches
-// keep waiting). A reconnect must find the same region table.
+// answered within it fails with kUnavailable, and so does every demand
+// fetch after it, at once, until a connection opens or bytes arrive (the
+// puller's bulk fetches keep waiting). A reconnect must find the same
+// region table.
 //
 // Memory: each connection has a fixed receive buffer (pages are copied
 // from it into the store), and the replies owed by the servers — the
@@ -58,7 +60,7 @@ class Fetcher : public PageSource {
   };
   struct Stats {
     uint64_t checksum_errors = 0;
-    uint64_t fetch_timeouts = 0;   // demand fetches failed by fetch_timeout
+    uint64_t fetch_timeouts = 0;   // demand fetches failed by fetch_timeout (or at once after one)
     uint64_t memory_cap = 0;       // Options::max_memory
     uint64_t memory_buffers = 0;   // receive buffers, fixed
     uint64_t memory_inflight = 0;  // largest size of the replies owed now
@@ -122,6 +124,8 @@ class Fetcher : public PageSource {
   std::atomic<int> connections_up_{0};
   std::atomic<uint64_t> checksum_errors_{0};
   std::atomic<uint64_t> fetch_timeouts_{0};
+  // A demand fetch timed out and nothing has arrived since.
+  std::atomic<bool> failing_fast_{false};
   std::atomic<uint64_t> memory_inflight_{0};
   std::atomic<uint64_t> memory_peak_{0};
   std::atomic<uint64_t> memory_waits_{0};

@@ -239,6 +239,14 @@ TEST(FetchTimeout, ReadFailsWithEioAfterTheTimeoutThenSucceedsOnceTheSourceIsBac
         << m.log();
     std::printf("[FetchTimeout] EIO after %.2f s (timeout %d s)\n",
                 absl::ToDoubleSeconds(absl::Now() - read_start), kTimeoutSeconds);
+    // While the outage goes on, further reads fail without waiting again.
+    const absl::Time again_start = absl::Now();
+    EXPECT_EQ(RunInChild([&] {
+                return PreadExpectingError(file, offset + 2 * kMiB, image, absl::ZeroDuration());
+              }),
+              100 + EIO);
+    std::printf("[FetchTimeout] the next read in the same outage: EIO after %.2f s\n",
+                absl::ToDoubleSeconds(absl::Now() - again_start));
     // A mapped page that cannot be fetched is a SIGBUS: what the flag asks for.
     EXPECT_EQ(RunInChild([&] {
                 int fd = open(file.c_str(), O_RDONLY);
@@ -259,7 +267,7 @@ TEST(FetchTimeout, ReadFailsWithEioAfterTheTimeoutThenSucceedsOnceTheSourceIsBac
   }
   auto status = m.Status();
   ASSERT_TRUE(status.ok()) << status.status();
-  EXPECT_GE((*status)["fetch_timeouts"].get<uint64_t>(), 4u);  // 2 reads + 2 prefetches
+  EXPECT_GE((*status)["fetch_timeouts"].get<uint64_t>(), 6u);  // 4 reads + 2 prefetches
   const uint64_t verified = VerifyAll(file, image);
   Report("FetchTimeout", outages, "outages", verified);
   EXPECT_EQ(m.Unmount(), 0) << m.log();
