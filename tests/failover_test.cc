@@ -842,5 +842,45 @@ TEST(NetworkCut, PullAndReadsWaitThroughLinkDownAndTotalLoss) {
   EXPECT_EQ(m.Unmount(), 0) << m.log();
 }
 
+// The link to the replica in use is cut: its connections stay open but
+// silent, so the daemon leaves it for the next replica after the stall
+// timeout and reads complete while the link is still down.
+TEST(NetworkCut, CutLinkFailsOverToAnotherReplica) {
+  constexpr uint64_t kSize = 16 * kMiB;
+  TempDir dir;
+  std::string why;
+  bool not_permitted = false;
+  std::unique_ptr<NetnsLink> link = NetnsLink::Create(&why, &not_permitted);
+  if (link == nullptr && not_permitted) GTEST_SKIP() << why;
+  ASSERT_NE(link, nullptr) << why;
+  std::vector<uint8_t> image = WriteImage(dir.Sub("img"), kSize, 50);
+  auto far = NetnsServer::Start(*link, "mem0=" + dir.Sub("img"));
+  ASSERT_TRUE(far.ok()) << far.status();
+  auto near = PageServerProcess::Start({"mem0=" + dir.Sub("img")});
+  ASSERT_TRUE(near.ok()) << near.status();
+  auto mount = MountProcess::Start(
+      dir, {.source = (*far)->url(), .extra_args = {"--source", (*near)->url()}});
+  ASSERT_TRUE(mount.ok()) << mount.status();
+  MountProcess& m = **mount;
+  const std::string file = m.File("mem0");
+  ASSERT_EQ(RunInChild([&] { return PreadAndCompare(file, 0, kMiB, image); }), 0);
+
+  ASSERT_TRUE(link->SetLinkUp(false));
+  const absl::Time start = absl::Now();
+  EXPECT_EQ(RunInChild([&] { return PreadAndCompare(file, 9 * kMiB + 77, kMiB, image); },
+                       absl::Seconds(120)),
+            0)
+      << m.log();
+  std::printf("[NetworkCut] with the link to the replica in use down, a read took %.2f s\n",
+              absl::ToDoubleSeconds(absl::Now() - start));
+  auto status = m.Status();
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ((*status)["current_source"], (*near)->url()) << *status;
+  ASSERT_TRUE(link->SetLinkUp(true));
+  const uint64_t verified = kMiB + VerifyAll(file, image);
+  Report("NetworkCutFailover", 1, "cuts", verified);
+  EXPECT_EQ(m.Unmount(), 0) << m.log();
+}
+
 }  // namespace
 }  // namespace lazyram::testing
