@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "daemon/cmd/commands.h"
 #include "daemon/engine.h"
 #include "daemon/log.h"
@@ -135,7 +136,11 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
   });
 
   (*engine)->StartPull();
-  LogInfo("mounted %s at %s", options.source.value_or("an empty filesystem"), options.mountpoint);
+  LogInfo("mounted %s%s at %s", options.source.value_or("an empty filesystem"),
+          options.replicas.empty()
+              ? ""
+              : absl::StrCat(" (replicas: ", absl::StrJoin(options.replicas, ", "), ")"),
+          options.mountpoint);
   report.Ready();
   if (io_flusher_errno != 0) LogWarning("PR_SET_IO_FLUSHER: %s", std::strerror(io_flusher_errno));
   absl::Status status = filesystem->Run();
