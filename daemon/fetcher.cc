@@ -80,6 +80,10 @@ class Fetcher::Loop {
     absl::Time retry_at = absl::InfinitePast();
     absl::Duration backoff = kMinBackoff;
     size_t round_failures = 0;  // failed dials since the last backoff
+    // A dial runs on a thread of its own, so that a server that does not
+    // answer holds up no other connection; the loop takes its result.
+    bool dialing = false;
+    std::thread dial_thread;
     bool warned = false;
     std::string last_retry_error;  // logged once per distinct reason
     // A bad reply closes the connection; the next one waits this long,
@@ -107,6 +111,9 @@ class Fetcher::Loop {
   void Distribute();
   void Pump(size_t index);
   void Reconnect(size_t index);
+  // Takes the results of finished dials.
+  void FinishDials();
+  void OnDialed(size_t index, size_t replica, absl::StatusOr<DialedSource> dialed);
   void Up(Connection& c, UniqueFd fd, size_t replica);
   // Fails the demand fetches whose deadline passed; returns the next
   // deadline still ahead.
@@ -137,6 +144,14 @@ class Fetcher::Loop {
   bool detached_ = false;
   uint64_t room_ = 0;      // for replies owed: max_memory less the buffers
   uint64_t inflight_ = 0;  // ReplyCost of every outstanding request
+
+  struct DialResult {
+    size_t conn;
+    size_t replica;
+    absl::StatusOr<DialedSource> dialed;
+  };
+  absl::Mutex dial_mu_;
+  std::vector<DialResult> dial_results_ ABSL_GUARDED_BY(dial_mu_);
 };
 
 void Fetcher::Loop::Up(Connection& c, UniqueFd fd, size_t replica) {
@@ -180,9 +195,11 @@ void Fetcher::Loop::Run() {
       }
     }
     if (stopping) break;
+    FinishDials();
     if (!detached_) {
       for (size_t i = 0; i < conns_.size(); ++i) {
-        if (!conns_[i].up && !conns_[i].closing && absl::Now() >= conns_[i].retry_at) {
+        if (!conns_[i].up && !conns_[i].closing && !conns_[i].dialing &&
+            absl::Now() >= conns_[i].retry_at) {
           Reconnect(i);
         }
       }
@@ -193,7 +210,7 @@ void Fetcher::Loop::Run() {
 
     if (!detached_) {
       for (const Connection& c : conns_) {
-        if (!c.up && !c.closing) wake_at = std::min(wake_at, c.retry_at);
+        if (!c.up && !c.closing && !c.dialing) wake_at = std::min(wake_at, c.retry_at);
       }
     }
     io_uring_cqe* cqe = nullptr;
@@ -225,15 +242,45 @@ void Fetcher::Loop::Run() {
   }
   for (size_t i = 0; i < conns_.size(); ++i) {
     if (conns_[i].up) Fail(i, absl::OkStatus());
+    // A dial ends within its timeouts; what it opened closes with it.
+    if (conns_[i].dial_thread.joinable()) conns_[i].dial_thread.join();
   }
   FailAll(absl::CancelledError("lazyramd is shutting down"));
 }
 
 void Fetcher::Loop::Reconnect(size_t index) {
   Connection& c = conns_[index];
-  size_t replica = 0;
-  absl::StatusOr<DialedSource> dialed =
-      fetcher_->replicas_.DialCurrent(fetcher_->options_.connect_timeout, &replica);
+  c.dialing = true;
+  c.dial_thread = std::thread([this, index] {
+    pthread_setname_np(pthread_self(), "lazyram-dial");
+    size_t replica = 0;
+    absl::StatusOr<DialedSource> dialed =
+        fetcher_->replicas_.DialCurrent(fetcher_->options_.connect_timeout, &replica);
+    {
+      absl::MutexLock lock(&dial_mu_);
+      dial_results_.push_back({index, replica, std::move(dialed)});
+    }
+    fetcher_->Wake();
+  });
+}
+
+void Fetcher::Loop::FinishDials() {
+  std::vector<DialResult> results;
+  {
+    absl::MutexLock lock(&dial_mu_);
+    results.swap(dial_results_);
+  }
+  for (DialResult& r : results) {
+    Connection& c = conns_[r.conn];
+    c.dial_thread.join();
+    c.dialing = false;
+    OnDialed(r.conn, r.replica, std::move(r.dialed));
+  }
+}
+
+void Fetcher::Loop::OnDialed(size_t index, size_t replica, absl::StatusOr<DialedSource> dialed) {
+  Connection& c = conns_[index];
+  if (detached_) return;  // every page is local: the new connection closes
   absl::Status status = dialed.status();
   if (status.ok()) {
     Up(c, std::move(dialed->fd), replica);

@@ -1,7 +1,9 @@
 // Fetcher: the daemon's side of the page protocol. A PageSource that keeps
 // one demand connection and a few bulk connections to a page server (one of
 // its replicas, see SourceReplicas) and pipelines tagged READs on them from
-// a single I/O thread ("lazyram-fetch") that owns the io_uring.
+// a single I/O thread ("lazyram-fetch") that owns the io_uring. Each
+// (re)connect dials on a short-lived thread ("lazyram-dial"), so a server
+// that does not answer holds up no other connection.
 //
 // Demand requests go only on the demand connection, so they never queue
 // behind a megabyte of bulk replies (the postcopy-preempt idea). When a
