@@ -277,7 +277,7 @@ TEST(FetchTimeout, ReadFailsWithEioAfterTheTimeoutThenSucceedsOnceTheSourceIsBac
 
 TEST(Replicas, PullAndReadsSurviveKillingTheReplicaInUse) {
   constexpr uint64_t kSize = 128 * kMiB;
-  constexpr int kKills = 4;
+  constexpr int kKills = 8;
   TempDir dir;
   std::vector<uint8_t> image = WriteImage(dir.Sub("img"), kSize, 42);
   const std::vector<std::string> regions = {"mem0=" + dir.Sub("img")};
@@ -354,8 +354,10 @@ TEST(Replicas, PullAndReadsSurviveKillingTheReplicaInUse) {
         << m.log();
     verified += kMiB + 99;
     std::printf(
-        "[Replicas] kill %d: a 1 MiB read of absent pages took %.2f s on the other replica\n",
-        cycle, absl::ToDoubleSeconds(absl::Now() - read_start));
+        "[Replicas] kill %d at %llu of %llu pages local: a 1 MiB read took %.2f s on the other "
+        "replica\n",
+        cycle, static_cast<unsigned long long>(local), static_cast<unsigned long long>(total),
+        absl::ToDoubleSeconds(absl::Now() - read_start));
     const uint64_t after = WaitForLocalPast(m, local + 128, total);
     EXPECT_TRUE(after > local + 128 || after == total) << "no progress without the victim";
     status = m.Status();
