@@ -346,7 +346,9 @@ TEST(Replicas, PullAndReadsSurviveKillingTheReplicaInUse) {
 
     // With the victim still down: a demand read completes, and the pull
     // goes on, both served by the other replica.
-    const uint64_t offset = (41 + 13 * static_cast<uint64_t>(cycle)) * kMiB + 4321;
+    // Downwards from the end: behind where each read sent the puller.
+    const uint64_t offset = (120 - 9 * static_cast<uint64_t>(cycle)) * kMiB + 4321;
+    static_assert(120 * kMiB + 4321 + kMiB + 99 <= kSize && 9 * (kKills - 1) < 120);
     const absl::Time read_start = absl::Now();
     EXPECT_EQ(RunInChild([&] { return PreadAndCompare(file, offset, kMiB + 99, image); },
                          absl::Seconds(120)),
