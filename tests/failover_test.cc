@@ -516,6 +516,8 @@ TEST(Replicas, BadReplicaListsAreRefusedWithOneLine) {
       {{"--source", "tcp://127.0.0.1:1", "--source", "tcp://127.0.0.1:2"}, "no replica answered"},
       {{"--source", "tcp://127.0.0.1:1", "--max-fetch-memory", "1"}, "--max-fetch-memory"},
       {{"--source", "tcp://127.0.0.1:1", "--fetch-timeout", "0"}, "--fetch-timeout"},
+      {{"--source", "file://" + dir.Sub("img"), "--fetch-timeout", "5"}, "needs a tcp://"},
+      {{"--fetch-timeout", "5"}, "needs a tcp://"},
   };
   // One URL per --source, so a mount point after it is still the mount
   // point (as before replicas existed).

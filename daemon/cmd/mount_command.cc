@@ -205,6 +205,11 @@ int RunMount(const MountOptions& options) {
     PrintError(s.message());
     return 1;
   }
+  if (options.fetch_timeout.has_value() &&
+      (!options.source.has_value() || SourceUrl::Parse(*options.source)->is_local())) {
+    PrintError("--fetch-timeout needs a tcp:// --source (a page server)");
+    return 1;
+  }
   const uint64_t min_mib =
       (Fetcher::MinMemory(Engine::Options{}.bulk_connections) + (1 << 20) - 1) >> 20;
   if (options.max_fetch_memory_mib < min_mib ||
