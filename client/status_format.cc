@@ -119,7 +119,19 @@ absl::StatusOr<DaemonStatus> ParseStatusReply(const json& reply) {
   DaemonStatus status;
   absl::Status s = GetString(reply, "source", "", &status.source);
   if (s.ok()) s = GetBool(reply, "complete", "", &status.complete);
+  if (s.ok() && reply.contains("current_source")) {
+    s = GetString(reply, "current_source", "", &status.current_source);
+  }
+  if (s.ok() && reply.contains("failovers")) {
+    s = GetU64(reply, "failovers", "", &status.failovers);
+  }
+  if (s.ok() && reply.contains("fetch_timeouts")) {
+    s = GetU64(reply, "fetch_timeouts", "", &status.fetch_timeouts);
+  }
   if (!s.ok()) return s;
+  if (auto sources = reply.find("sources"); sources != reply.end() && sources->is_array()) {
+    status.source_count = sources->size();
+  }
   auto regions = reply.find("regions");
   if (regions == reply.end() || !regions->is_array()) {
     return Malformed("", "\"regions\" is missing or not an array");
@@ -178,6 +190,11 @@ std::string FormatStatusTable(const DaemonStatus& status) {
       absl::StrFormat("source: %s   complete: %s   local: %s of %s (%.1f%%)   regions: %d\n",
                       status.source, IsComplete(status) ? "yes" : "no", FormatBytes(local),
                       FormatBytes(total), PercentLocal(local, total), status.regions.size());
+  if (status.source_count > 1 || status.fetch_timeouts > 0) {
+    absl::StrAppendFormat(
+        &out, "page server: %s (of %d replicas)   failovers: %d   fetch timeouts: %d\n",
+        status.current_source, status.source_count, status.failovers, status.fetch_timeouts);
+  }
 
   using Row = std::vector<std::string>;
   std::vector<Row> rows = {{"REGION", "SIZE", "PRESENT", "DIRTY", "ZERO", "TOTAL", "LOCAL",

@@ -40,6 +40,11 @@ struct RegionStatus {
 struct DaemonStatus {
   std::string source;  // "connected", "reconnecting", "detached", "local" or "none"
   bool complete = false;
+  // With page-server replicas (optional keys; empty / 0 when absent).
+  std::string current_source;
+  size_t source_count = 0;
+  uint64_t failovers = 0;
+  uint64_t fetch_timeouts = 0;
   std::vector<RegionStatus> regions;
 };
 
@@ -59,8 +64,9 @@ bool IsComplete(const DaemonStatus& status);
 // "512 B", "4.0 KiB", "535.6 MiB", "1.0 GiB": binary units, one decimal.
 std::string FormatBytes(uint64_t bytes);
 
-// The `status` output: a summary line with the source state, a column
-// header, then one row per region. Ends with '\n'.
+// The `status` output: a summary line with the source state (and, with
+// several replicas or after a fetch timeout, a line saying which replica is
+// in use), a column header, then one row per region. Ends with '\n'.
 std::string FormatStatusTable(const DaemonStatus& status);
 
 // The `wait --progress` line, without '\r' or '\n':

@@ -222,6 +222,23 @@ TEST(FormatStatusTableTest, HasSummaryHeaderAndOneRowPerRegion) {
   EXPECT_EQ(lines[3].substr(total_end - 4, 4), "4096");
 }
 
+TEST(FormatStatusTableTest, ReplicasAddALine) {
+  nlohmann::json reply = Reply();
+  std::vector<std::string> plain =
+      absl::StrSplit(FormatStatusTable(*ParseStatusReply(reply)), '\n', absl::SkipEmpty());
+  reply["current_source"] = "tcp://10.0.0.2:7070";
+  reply["sources"] = nlohmann::json::array({nlohmann::json::object(), nlohmann::json::object()});
+  reply["failovers"] = 3;
+  reply["fetch_timeouts"] = 0;
+  std::string table = FormatStatusTable(*ParseStatusReply(reply));
+  std::vector<std::string> lines = absl::StrSplit(table, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), plain.size() + 1) << table;
+  EXPECT_THAT(lines[1], HasSubstr("page server: tcp://10.0.0.2:7070 (of 2 replicas)"));
+  EXPECT_THAT(lines[1], HasSubstr("failovers: 3"));
+  reply["failovers"] = -1;
+  EXPECT_FALSE(ParseStatusReply(reply).ok());
+}
+
 TEST(FormatStatusTableTest, NoRegions) {
   DaemonStatus status;
   status.source = "none";

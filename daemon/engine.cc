@@ -64,21 +64,20 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Options options) {
     return engine;
   }
 
-  absl::StatusOr<DialedSource> dialed =
-      DialSource(*opts.source, opts.connect_timeout, opts.auth_key.get());
-  if (!dialed.ok()) return dialed.status();
-  for (const protocol::RegionInfo& info : dialed->welcome.regions) {
+  std::vector<NetAddress> addresses = {*opts.source};
+  addresses.insert(addresses.end(), opts.replicas.begin(), opts.replicas.end());
+  absl::StatusOr<std::unique_ptr<Fetcher>> fetcher =
+      Fetcher::Connect({std::move(addresses), opts.bulk_connections, opts.connect_timeout,
+                        opts.auth_key, opts.fetch_timeout, opts.max_fetch_memory});
+  if (!fetcher.ok()) return fetcher.status();
+  engine->fetcher_ = *std::move(fetcher);
+  for (const protocol::RegionInfo& info : engine->fetcher_->welcome().regions) {
     if (absl::Status s = ValidateRegionName(info.name); !s.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("page server sent a bad region: ", s.message()));
     }
   }
-  protocol::Welcome welcome = dialed->welcome;
-  absl::StatusOr<std::unique_ptr<Fetcher>> fetcher =
-      Fetcher::Start({*opts.source, opts.bulk_connections, opts.connect_timeout, opts.auth_key},
-                     *std::move(dialed));
-  if (!fetcher.ok()) return fetcher.status();
-  engine->fetcher_ = *std::move(fetcher);
+  protocol::Welcome welcome = engine->fetcher_->welcome();
 
   if (engine->store_dir_ != nullptr) {
     if (absl::Status s = engine->store_dir_->CheckSource(welcome.regions); !s.ok()) return s;
@@ -343,7 +342,27 @@ nlohmann::json Engine::StatusJson() const {
                                                   : "none";
   nlohmann::json out = {
       {"source", source}, {"complete", complete}, {"pid", getpid()}, {"regions", regions}};
-  if (fetcher_ != nullptr) out["checksum_errors"] = fetcher_->checksum_errors();
+  if (fetcher_ != nullptr) {
+    const Fetcher::Stats stats = fetcher_->stats();
+    out["checksum_errors"] = stats.checksum_errors;
+    out["fetch_timeouts"] = stats.fetch_timeouts;
+    out["fetch_memory"] = {{"cap", stats.memory_cap},
+                           {"buffers", stats.memory_buffers},
+                           {"in_flight", stats.memory_inflight},
+                           {"peak", stats.memory_peak},
+                           {"waits", stats.memory_waits}};
+    const SourceReplicas& replicas = fetcher_->replicas();
+    nlohmann::json sources = nlohmann::json::array();
+    for (const SourceReplicas::Info& info : replicas.Snapshot()) {
+      sources.push_back({{"url", info.url},
+                         {"state", std::string(ReplicaStateName(info.state))},
+                         {"connections", info.connections},
+                         {"refusals", info.refusals}});
+    }
+    out["current_source"] = sources[replicas.current()]["url"];
+    out["sources"] = std::move(sources);
+    out["failovers"] = replicas.failovers();
+  }
   absl::MutexLock lock(&sections_mu_);
   for (const auto& [key, section] : sections_) out[key] = section();
   return out;

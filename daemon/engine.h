@@ -40,7 +40,10 @@ class Engine : public ControlHandler {
  public:
   struct Options {
     std::optional<NetAddress> source;  // none: an empty RAM-backing filesystem
-    std::string store_dir;             // empty: one memfd per region
+    std::vector<NetAddress> replicas;  // more page servers with the same image as `source`
+    absl::Duration fetch_timeout = absl::InfiniteDuration();  // Fetcher::Options
+    uint64_t max_fetch_memory = uint64_t{64} << 20;           // Fetcher::Options
+    std::string store_dir;                                    // empty: one memfd per region
     bool prefetch = true;
     int bulk_connections = 2;
     absl::Duration connect_timeout = absl::Seconds(5);

@@ -1,16 +1,30 @@
 // Fetcher: the daemon's side of the page protocol. A PageSource that keeps
-// one demand connection and a few bulk connections to one page server and
-// pipelines tagged READs on them from a single I/O thread ("lazyram-fetch")
-// that owns the io_uring.
+// one demand connection and a few bulk connections to a page server (one of
+// its replicas, see SourceReplicas) and pipelines tagged READs on them from
+// a single I/O thread ("lazyram-fetch") that owns the io_uring. Each
+// (re)connect dials on a short-lived thread ("lazyram-dial"), so a server
+// that does not answer holds up no other connection.
 //
 // Demand requests go only on the demand connection, so they never queue
 // behind a megabyte of bulk replies (the postcopy-preempt idea). When a
-// connection fails, its outstanding requests are re-sent once it is back;
-// fetches wait meanwhile, they are not failed. A reconnect must find the
-// same region table.
+// connection fails, its outstanding requests are re-sent once it is back —
+// on the next replica when there are several (then a connection that owes
+// replies and receives nothing for 10 s also counts as failed); fetches
+// wait meanwhile, they
+// are not failed, unless `fetch_timeout` is set: a demand fetch not
+// answered within it fails with kUnavailable, and so does every demand
+// fetch after it, at once, until a connection opens or bytes arrive (the
+// puller's bulk fetches keep waiting). A reconnect must find the same
+// region table.
 //
-// Thread-safety: Fetch, Detach and state may be called from any thread.
-// Callbacks run on the I/O thread and must not block.
+// Memory: each connection has a fixed receive buffer (pages are copied
+// from it into the store), and the replies owed by the servers — the
+// largest size of every request in flight — are capped so that buffers
+// plus replies stay within `max_memory`. Bulk requests use at most three
+// quarters of that room and wait beyond; demand requests may use all of it.
+//
+// Thread-safety: Fetch, Detach, state and stats may be called from any
+// thread. Callbacks run on the I/O thread and must not block.
 #ifndef LAZYRAM_DAEMON_FETCHER_H_
 #define LAZYRAM_DAEMON_FETCHER_H_
 
@@ -30,6 +44,7 @@
 #include "daemon/page_source.h"
 #include "daemon/protocol.h"
 #include "daemon/source_dialer.h"
+#include "daemon/source_replicas.h"
 #include "daemon/unique_fd.h"
 
 namespace lazyram {
@@ -40,22 +55,37 @@ absl::string_view SourceStateName(SourceState state);
 class Fetcher : public PageSource {
  public:
   struct Options {
-    NetAddress address;
+    std::vector<NetAddress> addresses;  // replicas, in order of preference; not empty
     int bulk_connections = 2;
     absl::Duration connect_timeout = absl::Seconds(3);
-    std::shared_ptr<const AuthKey> auth_key;  // null: no authentication
+    std::shared_ptr<const AuthKey> auth_key;                  // null: no authentication
+    absl::Duration fetch_timeout = absl::InfiniteDuration();  // for demand fetches
+    uint64_t max_memory = uint64_t{64} << 20;  // at least MinMemory(bulk_connections)
+  };
+  struct Stats {
+    uint64_t checksum_errors = 0;
+    uint64_t fetch_timeouts = 0;   // demand fetches failed by fetch_timeout (or at once after one)
+    uint64_t memory_cap = 0;       // Options::max_memory
+    uint64_t memory_buffers = 0;   // receive buffers, fixed
+    uint64_t memory_inflight = 0;  // largest size of the replies owed now
+    uint64_t memory_peak = 0;      // buffers + most replies ever owed at once
+    uint64_t memory_waits = 0;     // requests that waited for room
   };
 
-  // Takes over `first` (the connection the mount dialed to learn the
-  // regions) as the demand connection and starts the I/O thread, which
-  // opens the bulk connections.
-  static absl::StatusOr<std::unique_ptr<Fetcher>> Start(Options options, DialedSource first);
+  // The least max_memory that leaves room for one request per connection.
+  static uint64_t MinMemory(int bulk_connections);
+
+  // Dials the replicas (SourceReplicas::DialAtStart), takes the connection
+  // that answered first as the demand connection and starts the I/O
+  // thread, which opens the bulk connections.
+  static absl::StatusOr<std::unique_ptr<Fetcher>> Connect(Options options);
   // Stops the I/O thread; fetches still pending fail with kCancelled and
   // later ones with kFailedPrecondition. Idempotent.
   void Shutdown();
   ~Fetcher() override;
 
-  const protocol::Welcome& welcome() const { return welcome_; }
+  const protocol::Welcome& welcome() const { return replicas_.welcome(); }
+  const SourceReplicas& replicas() const { return replicas_; }
 
   void Fetch(uint32_t region, uint64_t first_page, uint32_t count, protocol::Priority priority,
              FetchCallback done) override;
@@ -66,6 +96,7 @@ class Fetcher : public PageSource {
 
   SourceState state() const;
   uint64_t checksum_errors() const { return checksum_errors_.load(std::memory_order_relaxed); }
+  Stats stats() const;
 
  private:
   struct Request {
@@ -74,15 +105,18 @@ class Fetcher : public PageSource {
     uint32_t count = 0;
     protocol::Priority priority = protocol::Priority::kDemand;
     FetchCallback done;
+    absl::Time deadline = absl::InfiniteFuture();  // fetch_timeout, demand only
+    bool waited = false;                           // counted in memory_waits
+    bool expired = false;                          // failed by the timeout; its reply is dropped
   };
   class Loop;  // the I/O thread's state; lives in fetcher.cc
 
-  Fetcher(Options options, protocol::Welcome welcome);
+  explicit Fetcher(Options options);
 
   void Wake();
 
   const Options options_;
-  const protocol::Welcome welcome_;
+  SourceReplicas replicas_;
   UniqueFd wake_fd_;  // eventfd the I/O thread waits on
 
   mutable absl::Mutex mu_;
@@ -93,6 +127,12 @@ class Fetcher : public PageSource {
 
   std::atomic<int> connections_up_{0};
   std::atomic<uint64_t> checksum_errors_{0};
+  std::atomic<uint64_t> fetch_timeouts_{0};
+  // A demand fetch timed out and nothing has arrived since.
+  std::atomic<bool> failing_fast_{false};
+  std::atomic<uint64_t> memory_inflight_{0};
+  std::atomic<uint64_t> memory_peak_{0};
+  std::atomic<uint64_t> memory_waits_{0};
   std::unique_ptr<Loop> loop_;
   std::thread thread_;  // last: joined before the members above go away
 };

@@ -182,6 +182,12 @@ std::string RegionTableChange(const protocol::Welcome& was, const protocol::Welc
       return absl::StrCat("region ", i, " is '", b.name, "' of ", b.size, " bytes, was '", a.name,
                           "' of ", a.size, " bytes");
     }
+    // Cheap, and it catches a replica whose holes (pages the mount never
+    // fetches) differ from the image the mount started with.
+    if (a.zero_extents != b.zero_extents) {
+      return absl::StrCat("region '", a.name, "' lists ", b.zero_extents.size(),
+                          " zero extents that differ from the ", a.zero_extents.size(), " it had");
+    }
   }
   return "";
 }

@@ -33,7 +33,7 @@ absl::StatusOr<DialedSource> DialSource(const NetAddress& address, absl::Duratio
 
 // What differs between the region table a mount started with (`was`) and
 // the one a server now sends (`now`), for a log line; empty when both list
-// the same names and sizes in the same order. A reconnect must find the
+// the same names, sizes and zero extents in the same order. A reconnect must find the
 // image it started with.
 std::string RegionTableChange(const protocol::Welcome& was, const protocol::Welcome& now);
 

@@ -23,8 +23,11 @@ struct ServeOptions {
 
 struct MountOptions {
   std::string mountpoint;
-  std::optional<std::string> source;  // tcp://HOST:PORT, file://PATH, qemu-stream://PATH
-  std::string store = "mem";          // "mem" or a directory
+  std::optional<std::string> source;    // tcp://HOST:PORT, file://PATH, qemu-stream://PATH
+  std::vector<std::string> replicas;    // the further --source values: tcp:// only
+  std::optional<double> fetch_timeout;  // seconds; none: demand fetches wait forever
+  uint64_t max_fetch_memory_mib = 64;
+  std::string store = "mem";  // "mem" or a directory
   std::optional<std::string> control;
   std::optional<std::string> log;
   std::string prefetch = "on";

@@ -48,10 +48,26 @@ int main(int argc, char** argv) {
   MountOptions mount;
   CLI::App* mount_cmd = app.add_subcommand("mount", "Mount regions as files at MOUNTPOINT");
   mount_cmd->add_option("MOUNTPOINT", mount.mountpoint, "An existing directory")->required();
-  mount_cmd->add_option("--source", mount.source,
-                        "tcp://HOST:PORT of a page server, file://PATH of a raw RAM file (or a "
-                        "directory of them), or qemu-stream://PATH of a QEMU migration stream or "
-                        "savevm file; without it the mount starts empty");
+  std::vector<std::string> sources;
+  mount_cmd
+      ->add_option("--source", sources,
+                   "tcp://HOST:PORT of a page server, file://PATH of a raw RAM file (or a "
+                   "directory of them), or qemu-stream://PATH of a QEMU migration stream or "
+                   "savevm file; without it the mount starts empty. Repeat it to name "
+                   "replicas of the same image (tcp:// only): the mount fails over between "
+                   "them")
+      ->allow_extra_args(false);  // one URL per --source, as with a single source
+  mount_cmd
+      ->add_option("--fetch-timeout", mount.fetch_timeout,
+                   "SECONDS: fail a read (EIO; SIGBUS for a mapped page) or a prefetch whose "
+                   "pages the page server has not delivered within this time (default: wait "
+                   "forever, reconnecting)")
+      ->check(CLI::PositiveNumber);
+  mount_cmd
+      ->add_option("--max-fetch-memory", mount.max_fetch_memory_mib,
+                   "MiB: cap on the memory the fetcher holds for replies in flight (receive "
+                   "buffers included); background pulls wait at the cap")
+      ->capture_default_str();
   mount_cmd
       ->add_option("--store", mount.store,
                    "Where local pages live: mem (a memfd per region) or a DIRECTORY (a sparse file "
@@ -116,6 +132,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   mount.prefetch_given = prefetch_opt->count() > 0;
+  if (!sources.empty()) {
+    mount.source = sources.front();
+    mount.replicas.assign(sources.begin() + 1, sources.end());
+  }
   if (*serve_cmd) return lazyram::RunServe(serve);
   return lazyram::RunMount(mount);
 }

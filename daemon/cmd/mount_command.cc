@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
@@ -18,6 +19,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "daemon/cmd/commands.h"
 #include "daemon/engine.h"
@@ -87,7 +89,14 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
     } else {
       engine_options.source = source->address;
     }
+    for (const std::string& replica : options.replicas) {
+      engine_options.replicas.push_back(SourceUrl::Parse(replica)->address);  // checked
+    }
   }
+  if (options.fetch_timeout.has_value()) {
+    engine_options.fetch_timeout = absl::Seconds(*options.fetch_timeout);
+  }
+  engine_options.max_fetch_memory = options.max_fetch_memory_mib << 20;
   if (options.store != "mem") engine_options.store_dir = options.store;
   // Local sources are read where they lie: nothing is pulled unless asked.
   engine_options.prefetch = options.prefetch_given || !engine_options.local_source.has_value()
@@ -150,7 +159,11 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
   });
 
   (*engine)->StartPull();
-  LogInfo("mounted %s at %s", options.source.value_or("an empty filesystem"), options.mountpoint);
+  LogInfo("mounted %s%s at %s", options.source.value_or("an empty filesystem"),
+          options.replicas.empty()
+              ? ""
+              : absl::StrCat(" (replicas: ", absl::StrJoin(options.replicas, ", "), ")"),
+          options.mountpoint);
   report.Ready();
   if (io_flusher_errno != 0) LogWarning("PR_SET_IO_FLUSHER: %s", std::strerror(io_flusher_errno));
   absl::Status status = filesystem->Run();
@@ -178,6 +191,29 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
   return 0;
 }
 
+// Several --source values must all be page servers, each named once.
+absl::Status CheckReplicas(const MountOptions& options) {
+  if (options.replicas.empty()) return absl::OkStatus();
+  std::vector<std::string> seen;
+  for (size_t i = 0; i <= options.replicas.size(); ++i) {
+    const std::string& text = i == 0 ? *options.source : options.replicas[i - 1];
+    absl::StatusOr<SourceUrl> url = SourceUrl::Parse(text);
+    if (!url.ok()) return url.status();
+    if (url->is_local()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--source ", text,
+                       ": only tcp:// page servers can be replicas; give a "
+                       "file:// or qemu-stream:// source alone"));
+    }
+    const std::string canonical = url->ToString();
+    if (std::find(seen.begin(), seen.end(), canonical) != seen.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("--source ", text, " is given twice"));
+    }
+    seen.push_back(canonical);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int RunMount(const MountOptions& options) {
@@ -199,6 +235,23 @@ int RunMount(const MountOptions& options) {
   if (options.auth_key_file.has_value() &&
       (!options.source.has_value() || SourceUrl::Parse(*options.source)->is_local())) {
     PrintError("--auth-key-file is for a page server: it needs --source tcp://HOST:PORT");
+    return 1;
+  }
+  if (absl::Status s = CheckReplicas(options); !s.ok()) {
+    PrintError(s.message());
+    return 1;
+  }
+  if (options.fetch_timeout.has_value() &&
+      (!options.source.has_value() || SourceUrl::Parse(*options.source)->is_local())) {
+    PrintError("--fetch-timeout needs a tcp:// --source (a page server)");
+    return 1;
+  }
+  const uint64_t min_mib =
+      (Fetcher::MinMemory(Engine::Options{}.bulk_connections) + (1 << 20) - 1) >> 20;
+  if (options.max_fetch_memory_mib < min_mib ||
+      options.max_fetch_memory_mib > (uint64_t{1} << 30)) {
+    PrintError(absl::StrCat("--max-fetch-memory ", options.max_fetch_memory_mib,
+                            " MiB: must be between ", min_mib, " and ", uint64_t{1} << 30));
     return 1;
   }
   if (options.store != "mem" && (stat(options.store.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
