@@ -1,6 +1,5 @@
 #include "fusefs/page_pusher.h"
 
-#include <fcntl.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -14,15 +13,11 @@ namespace lazyram::fusefs {
 namespace {
 
 constexpr uint64_t kPageSize = protocol::kPageSize;
-// Per readahead call: the kernel clamps a call to the mount's readahead
-// window (128 KiB unless raised).
-constexpr uint64_t kChunk = 128 * 1024;
 
 }  // namespace
 
 PagePusher::PagePusher(Engine* engine, std::string mountpoint)
     : engine_(engine), mountpoint_(std::move(mountpoint)) {
-  files_.resize(engine->region_count());
   thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "lazyram-push");
     Loop();
@@ -96,40 +91,36 @@ void PagePusher::Loop() {
     }
     Warm(run);
   }
-  CloseFiles();
+  helper_.reset();  // on this thread: the helper dies with it anyway
 }
 
 void PagePusher::Warm(const Run& run) {
   Region* region = engine_->region(run.index);
-  UniqueFd& fd = files_[run.index];
-  if (fd.get() < 0) {
-    const std::string path = absl::StrCat(mountpoint_, "/", region->name());
-    fd.reset(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (fd.get() < 0) {
-      if (!open_failed_logged_) {
-        LogWarning("cannot open %s to warm the page cache: %s", path, std::strerror(errno));
-        open_failed_logged_ = true;
-      }
-      return;
-    }
-  }
   const uint64_t offset = run.first * kPageSize;
   const uint64_t end = std::min(region->size(), (run.first + run.count) * kPageSize);
   if (offset >= end) return;
-  // The kernel skips the pages it holds and returns once the READs are
-  // queued, not answered; it reads at most its readahead window per call.
-  for (uint64_t at = offset; at < end; at += kChunk) {
-    const uint64_t n = std::min(kChunk, end - at);
-    if (readahead(fd.get(), static_cast<off64_t>(at), n) != 0) {
-      LogWarning("readahead of %s: %s", region->name(), std::strerror(errno));
+  if (helper_ == nullptr) {
+    absl::StatusOr<std::unique_ptr<WarmHelper>> helper = WarmHelper::Spawn();
+    if (!helper.ok()) {
+      if (!helper_failed_logged_) LogWarning("page pusher: %s", helper.status().message());
+      helper_failed_logged_ = true;
       return;
     }
-    pushed_.fetch_add((n + kPageSize - 1) / kPageSize, std::memory_order_relaxed);
+    helper_ = *std::move(helper);
   }
+  absl::Status s =
+      helper_->Warm(absl::StrCat(mountpoint_, "/", region->name()), offset, end - offset);
+  if (!s.ok()) {
+    if (!helper_failed_logged_) LogWarning("page pusher: %s", s.message());
+    helper_failed_logged_ = true;
+    helper_.reset();  // a new one next time
+    return;
+  }
+  pushed_.fetch_add((end - offset + kPageSize - 1) / kPageSize, std::memory_order_relaxed);
 }
 
 void PagePusher::CloseFiles() {
-  for (UniqueFd& fd : files_) fd.reset();
+  if (helper_ != nullptr && !helper_->CloseFiles().ok()) helper_.reset();
 }
 
 nlohmann::json PagePusher::StatusJson() const {

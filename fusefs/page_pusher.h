@@ -3,7 +3,8 @@
 // pulled page is a page-cache hit instead of a FUSE READ.
 //
 // How: for each run the puller lands, readahead(2) on a descriptor of the
-// region's own file in the mount. The kernel creates only the pages it does
+// region's own file in the mount, made by a helper process
+// (fusefs/warm_helper.h: why not a thread of the daemon). The kernel creates only the pages it does
 // not hold yet and READs them from this daemon (served from the store, no
 // network); everything else — a page the consumer holds, dirtied or is
 // faulting in — is left to the kernel's own locking, as for any reader.
@@ -14,10 +15,10 @@
 // lost a guest write that way (1 run in 8) even with "never served" marks
 // set at READ arrival. docs/performance.md has the details.
 //
-// The daemon touching its own mount: only this thread does, with descriptors
-// it holds only while it has runs to warm, and Pause() closes them before
-// an unmount. readahead never waits for the READs it starts (async reads),
-// only for free background slots, which the FUSE workers free.
+// The daemon never touches its own mount: the helper does, holding
+// descriptors only while there are runs to warm; Pause() has it close them
+// before an unmount. readahead never waits for the READs it starts (async
+// reads), only for free background slots, which the FUSE workers free.
 //
 // Threading: one thread ("lazyram-push"); public methods are thread-safe.
 #ifndef LAZYRAM_FUSEFS_PAGE_PUSHER_H_
@@ -34,7 +35,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/engine.h"
-#include "daemon/unique_fd.h"
+#include "fusefs/warm_helper.h"
 #include "nlohmann/json.hpp"
 
 namespace lazyram::fusefs {
@@ -49,8 +50,8 @@ class PagePusher {
   // Stops listening and warming; waits for the readahead in progress.
   ~PagePusher();
 
-  // Closes every descriptor into the mount and holds the thread until
-  // Resume: an unmount must not find the daemon's own files open.
+  // Has the helper close every descriptor into the mount and holds the
+  // pushes until Resume: an unmount must not find them open.
   void Pause();
   void Resume();
 
@@ -71,8 +72,8 @@ class PagePusher {
 
   Engine* const engine_;
   const std::string mountpoint_;
-  std::vector<size_t> listened_;  // indices of the regions we listen to
-  std::vector<UniqueFd> files_;   // by region index; only the loop thread touches them
+  std::vector<size_t> listened_;        // indices of the regions we listen to
+  std::unique_ptr<WarmHelper> helper_;  // spawned by, and used only on, the loop thread
 
   mutable absl::Mutex mu_;
   std::deque<Run> queue_ ABSL_GUARDED_BY(mu_);
@@ -81,7 +82,7 @@ class PagePusher {
   bool busy_ ABSL_GUARDED_BY(mu_) = false;  // the loop is warming a run
 
   std::atomic<uint64_t> pushed_{0};
-  bool open_failed_logged_ = false;  // loop thread only
+  bool helper_failed_logged_ = false;  // loop thread only
   std::thread thread_;
 };
 

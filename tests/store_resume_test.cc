@@ -162,9 +162,7 @@ class StoreResume : public ::testing::Test {
     ASSERT_NE(m, nullptr);
     const std::string mountpoint = m->mountpoint();
     ASSERT_EQ(kill(m->pid(), SIGKILL), 0);
-    // Abort the dead mount first: a daemon killed while it held a file of
-    // its own mount open (the page pusher does during a pull) cannot finish
-    // exiting — closing that file waits on the mount — until then.
+    // Detach and abort the dead mount, as a user cleaning up would.
     ForceUnmount(mountpoint);
     EXPECT_EQ(m->Wait(absl::Seconds(30)), -1);  // died of the signal
     EXPECT_FALSE(IsMounted(mountpoint));
@@ -376,11 +374,9 @@ TEST_F(StoreResume, KillRemountLoopDuringPull) {
     o.source = (*server)->url();
     o.store = store_;
     o.prefetch = true;
-    // Without the page pusher: a daemon SIGKILLed while the pusher held a
-    // file of its own mount open was seen not to finish exiting within 30 s
-    // even after its connection was aborted (under investigation with the
-    // pusher; docs/store.md).
-    o.extra_args = {"--push", "off"};
+    // With the page pusher (the default) warming the page cache through the
+    // mount while the daemon is killed: its helper process must not keep
+    // the dead daemon from exiting (fusefs/warm_helper.h).
     absl::StatusOr<std::unique_ptr<MountProcess>> m = MountProcess::Start(dir_, o);
     EXPECT_TRUE(m.ok()) << m.status();
     return m.ok() ? *std::move(m) : nullptr;
