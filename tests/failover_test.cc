@@ -31,6 +31,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "tests/fault_helpers.h"
 #include "tests/test_env.h"
 
 namespace lazyram::testing {
@@ -53,12 +54,6 @@ std::string WaitForSource(const MountProcess& mount, const std::string& state,
   }
 }
 
-uint64_t LocalPages(const MountProcess& mount, const std::string& region) {
-  absl::StatusOr<nlohmann::json> r = mount.RegionStatus(region);
-  if (!r.ok()) return 0;
-  return (*r)["pages_present"].get<uint64_t>() + (*r)["pages_zero"].get<uint64_t>();
-}
-
 // Waits until the mount has more than `pages` pages local (or all of
 // `total`); returns the count last seen.
 uint64_t WaitForLocalPast(const MountProcess& mount, uint64_t pages, uint64_t total,
@@ -72,49 +67,10 @@ uint64_t WaitForLocalPast(const MountProcess& mount, uint64_t pages, uint64_t to
   return local;
 }
 
-bool StillRunning(const ChildProcess& child) {
-  int status = 0;
-  return waitpid(child.pid(), &status, WNOHANG) == 0;
-}
-
 size_t CountOccurrences(const std::string& text, const std::string& needle) {
   size_t n = 0;
   for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
   return n;
-}
-
-enum ReadFailure : int { kOpen = 10, kReadError = 11, kShortRead = 12, kMismatch = 13, kMap = 14 };
-
-// Child-safe: pread()s [offset, offset + length) and compares with `expected`.
-int PreadAndCompare(const std::string& path, uint64_t offset, uint64_t length,
-                    const std::vector<uint8_t>& expected) {
-  int fd = open(path.c_str(), O_RDONLY);
-  if (fd < 0) return kOpen;
-  std::vector<uint8_t> buf(256 << 10);
-  for (uint64_t at = offset; at < offset + length;) {
-    const size_t want = std::min<uint64_t>(buf.size(), offset + length - at);
-    ssize_t n = pread(fd, buf.data(), want, static_cast<off_t>(at));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return kReadError;
-    if (static_cast<size_t>(n) != want) return kShortRead;
-    if (std::memcmp(buf.data(), expected.data() + at, want) != 0) return kMismatch;
-    at += want;
-  }
-  close(fd);
-  return 0;
-}
-
-// Child-safe: maps the file and compares every byte (a missing page is a
-// SIGBUS: the child dies, -1).
-int MapAndCompare(const std::string& path, const std::vector<uint8_t>& expected) {
-  int fd = open(path.c_str(), O_RDONLY);
-  if (fd < 0) return kOpen;
-  void* p = mmap(nullptr, expected.size(), PROT_READ, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) return kMap;
-  const bool same = std::memcmp(p, expected.data(), expected.size()) == 0;
-  munmap(p, expected.size());
-  close(fd);
-  return same ? 0 : kMismatch;
 }
 
 // Both whole-file checks; returns the bytes verified (0 on a failure,
@@ -127,56 +83,6 @@ uint64_t VerifyAll(const std::string& file, const std::vector<uint8_t>& image) {
   EXPECT_EQ(map_code, 0);
   return pread_code == 0 && map_code == 0 ? 2 * image.size() : 0;
 }
-
-// Holds page servers back without changing what they serve: each runs
-// `run` out of every `period` (SIGCONT / SIGSTOP), so that a pull lasts
-// long enough to be interrupted. Remove a server before killing it.
-class Throttle {
- public:
-  Throttle(absl::Duration run, absl::Duration period) : run_(run), period_(period) {
-    thread_ = std::thread([this] { Loop(); });
-  }
-  ~Throttle() {
-    Clear();
-    stop_.store(true);
-    thread_.join();
-  }
-  // Stops `pid` at once; it runs again in the next slot.
-  void Add(pid_t pid) {
-    absl::MutexLock lock(&mu_);
-    pids_.insert(pid);
-    kill(pid, SIGSTOP);
-  }
-  void Remove(pid_t pid) {
-    absl::MutexLock lock(&mu_);
-    if (pids_.erase(pid) > 0) kill(pid, SIGCONT);
-  }
-  void Clear() {
-    absl::MutexLock lock(&mu_);
-    for (pid_t pid : pids_) kill(pid, SIGCONT);
-    pids_.clear();
-  }
-
- private:
-  void Loop() {
-    while (!stop_.load()) {
-      Signal(SIGCONT);
-      absl::SleepFor(run_);
-      Signal(SIGSTOP);
-      absl::SleepFor(period_ - run_);
-    }
-  }
-  void Signal(int sig) {
-    absl::MutexLock lock(&mu_);
-    for (pid_t pid : pids_) kill(pid, sig);
-  }
-
-  const absl::Duration run_, period_;
-  std::atomic<bool> stop_{false};
-  absl::Mutex mu_;
-  std::set<pid_t> pids_ ABSL_GUARDED_BY(mu_);
-  std::thread thread_;  // last: started once the members above exist
-};
 
 // Child-safe: one pread of a page that is not local. Exit code 0 when it
 // returned the right bytes, 100 + errno when it failed no sooner than

@@ -26,6 +26,7 @@
 #include "absl/time/clock.h"
 #include "daemon/protocol.h"
 #include "gtest/gtest.h"
+#include "tests/fault_helpers.h"
 #include "tests/test_env.h"
 
 namespace lazyram::testing {
@@ -56,98 +57,6 @@ size_t CountOccurrences(const std::string& text, const std::string& needle) {
   for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
   return n;
 }
-
-// Pages the mount has locally (fetched, written or known zero).
-uint64_t LocalPages(const MountProcess& mount, const std::string& region) {
-  absl::StatusOr<nlohmann::json> r = mount.RegionStatus(region);
-  if (!r.ok()) return 0;
-  return (*r)["pages_present"].get<uint64_t>() + (*r)["pages_zero"].get<uint64_t>();
-}
-
-// True while `child` runs. Reaps a child that has exited, so its Wait()
-// then returns -1: call this only where an exit is already a failure.
-bool StillRunning(const ChildProcess& child) {
-  int status = 0;
-  return waitpid(child.pid(), &status, WNOHANG) == 0;
-}
-
-// Child-side checks: exit codes a failing reader returns.
-enum ReadFailure : int { kOpen = 10, kReadError = 11, kShortRead = 12, kMismatch = 13, kMap = 14 };
-
-// pread()s [offset, offset + length) of `path` and compares it with
-// `expected` at the same offset. Child-safe: no gtest.
-int PreadAndCompare(const std::string& path, uint64_t offset, uint64_t length,
-                    const std::vector<uint8_t>& expected) {
-  int fd = open(path.c_str(), O_RDONLY);
-  if (fd < 0) return kOpen;
-  std::vector<uint8_t> buf(256 << 10);
-  for (uint64_t at = offset; at < offset + length;) {
-    const size_t want = std::min<uint64_t>(buf.size(), offset + length - at);
-    ssize_t n = pread(fd, buf.data(), want, static_cast<off_t>(at));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return kReadError;
-    // A read in the middle of the file never comes back short.
-    if (static_cast<size_t>(n) != want) return kShortRead;
-    if (std::memcmp(buf.data(), expected.data() + at, want) != 0) return kMismatch;
-    at += want;
-  }
-  close(fd);
-  return 0;
-}
-
-// Maps `path` and compares every byte with `expected`: a missing page
-// would be a SIGBUS (the child dies, -1).
-int MapAndCompare(const std::string& path, const std::vector<uint8_t>& expected) {
-  int fd = open(path.c_str(), O_RDONLY);
-  if (fd < 0) return kOpen;
-  void* p = mmap(nullptr, expected.size(), PROT_READ, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) return kMap;
-  const bool same = std::memcmp(p, expected.data(), expected.size()) == 0;
-  munmap(p, expected.size());
-  close(fd);
-  return same ? 0 : kMismatch;
-}
-
-// Holds a page server back without changing what it serves: lets it run
-// `run` out of every `period` (SIGCONT / SIGSTOP), so a full pull that
-// takes a fraction of a second on loopback lasts long enough to be
-// interrupted. Set the pid to follow a restarted server; -1 to let go.
-class Throttle {
- public:
-  Throttle(absl::Duration run, absl::Duration period) : run_(run), period_(period) {
-    thread_ = std::thread([this] { Loop(); });
-  }
-  ~Throttle() {
-    Set(-1);
-    stop_.store(true);
-    thread_.join();
-  }
-  void Set(pid_t pid) {
-    absl::MutexLock lock(&mu_);
-    if (pid_ > 0) kill(pid_, SIGCONT);
-    pid_ = pid;
-  }
-
- private:
-  void Loop() {
-    while (!stop_.load()) {
-      Signal(SIGCONT);
-      absl::SleepFor(run_);
-      Signal(SIGSTOP);
-      absl::SleepFor(period_ - run_);
-    }
-  }
-  void Signal(int sig) {
-    absl::MutexLock lock(&mu_);
-    if (pid_ > 0) kill(pid_, sig);
-  }
-
-  const absl::Duration run_, period_;
-  std::atomic<bool> stop_{false};
-  absl::Mutex mu_;
-  pid_t pid_ ABSL_GUARDED_BY(mu_) = -1;
-  std::thread thread_;  // last: started once the members above exist
-};
 
 // --- A page server that misbehaves on purpose --------------------------------
 
@@ -372,7 +281,7 @@ TEST(SourceFaults, FullPullSurvivesRepeatedRestarts) {
   ASSERT_TRUE(server.ok()) << server.status();
   const uint16_t port = (*server)->port();
   Throttle throttle(absl::Milliseconds(2), absl::Milliseconds(50));
-  throttle.Set((*server)->pid());
+  throttle.Add((*server)->pid());
   auto mount = MountProcess::Start(dir, {.source = (*server)->url(), .prefetch = true});
   ASSERT_TRUE(mount.ok()) << mount.status();
   MountProcess& m = **mount;
@@ -407,7 +316,7 @@ TEST(SourceFaults, FullPullSurvivesRepeatedRestarts) {
     }
     // Freeze the server, so the pull cannot finish between this check and
     // the kill.
-    throttle.Set(-1);
+    throttle.Clear();
     kill((*server)->pid(), SIGSTOP);
     local = LocalPages(m, "mem0");
     ASSERT_LT(local, total) << "the pull finished before kill " << cycle
@@ -417,9 +326,9 @@ TEST(SourceFaults, FullPullSurvivesRepeatedRestarts) {
 
     server = PageServerProcess::Start(regions, port);
     ASSERT_TRUE(server.ok()) << server.status();
-    throttle.Set((*server)->pid());
+    throttle.Add((*server)->pid());
   }
-  throttle.Set(-1);
+  throttle.Clear();
 
   RunResult wait = m.Ctl({"wait", "--timeout", "120"}, absl::Seconds(180));
   EXPECT_EQ(wait.exit_code, 0) << wait.err << m.log();
