@@ -1,21 +1,17 @@
-// Fetcher: the daemon's side of the page protocol. A PageSource that keeps
-// one demand connection and a few bulk connections to a page server (one of
-// its replicas, see SourceReplicas) and pipelines tagged READs on them from
-// a single I/O thread ("lazyram-fetch") that owns the io_uring. Each
-// (re)connect dials on a short-lived thread ("lazyram-dial"), so a server
-// that does not answer holds up no other connection.
+// Fetcher: the daemon's side of the page protocol. A PageSource that
+// fetches from a page server (one of its replicas, see SourceReplicas) on
+// two FetchChannels, each with its own connections, I/O thread and
+// io_uring: demand fetches on one connection ("lazyram-demand"), the
+// background pull on a few bulk connections ("lazyram-fetch"). A fault
+// therefore never queues behind bulk replies, neither on the wire nor in a
+// thread that is busy storing them (the postcopy-preempt idea).
 //
-// Demand requests go only on the demand connection, so they never queue
-// behind a megabyte of bulk replies (the postcopy-preempt idea). When a
-// connection fails, its outstanding requests are re-sent once it is back —
-// on the next replica when there are several (then a connection that owes
-// replies and receives nothing for 10 s also counts as failed); fetches
-// wait meanwhile, they
-// are not failed, unless `fetch_timeout` is set: a demand fetch not
-// answered within it fails with kUnavailable, and so does every demand
-// fetch after it, at once, until a connection opens or bytes arrive (the
-// puller's bulk fetches keep waiting). A reconnect must find the same
-// region table.
+// When a connection fails, its outstanding requests are re-sent once it is
+// back (fetch_channel.h); fetches wait meanwhile, they are not failed,
+// unless `fetch_timeout` is set: a demand fetch not answered within it
+// fails with kUnavailable, and so does every demand fetch after it, at
+// once, until a connection opens or bytes arrive (the puller's bulk fetches
+// keep waiting). A reconnect must find the same region table.
 //
 // Memory: each connection has a fixed receive buffer (pages are copied
 // from it into the store), and the replies owed by the servers — the
@@ -24,28 +20,23 @@
 // quarters of that room and wait beyond; demand requests may use all of it.
 //
 // Thread-safety: Fetch, Detach, state and stats may be called from any
-// thread. Callbacks run on the I/O thread and must not block.
+// thread. Callbacks run on a channel's I/O thread and must not block.
 #ifndef LAZYRAM_DAEMON_FETCHER_H_
 #define LAZYRAM_DAEMON_FETCHER_H_
 
 #include <atomic>
-#include <deque>
 #include <memory>
-#include <thread>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/auth_key.h"
+#include "daemon/fetch_channel.h"
 #include "daemon/net_address.h"
 #include "daemon/page_source.h"
 #include "daemon/protocol.h"
-#include "daemon/source_dialer.h"
 #include "daemon/source_replicas.h"
-#include "daemon/unique_fd.h"
 
 namespace lazyram {
 
@@ -95,46 +86,22 @@ class Fetcher : public PageSource {
   void Detach();
 
   SourceState state() const;
-  uint64_t checksum_errors() const { return checksum_errors_.load(std::memory_order_relaxed); }
+  uint64_t checksum_errors() const {
+    return shared_.checksum_errors.load(std::memory_order_relaxed);
+  }
   Stats stats() const;
 
  private:
-  struct Request {
-    uint32_t region = 0;
-    uint64_t first_page = 0;
-    uint32_t count = 0;
-    protocol::Priority priority = protocol::Priority::kDemand;
-    FetchCallback done;
-    absl::Time deadline = absl::InfiniteFuture();  // fetch_timeout, demand only
-    bool waited = false;                           // counted in memory_waits
-    bool expired = false;                          // failed by the timeout; its reply is dropped
-  };
-  class Loop;  // the I/O thread's state; lives in fetcher.cc
-
   explicit Fetcher(Options options);
-
-  void Wake();
 
   const Options options_;
   SourceReplicas replicas_;
-  UniqueFd wake_fd_;  // eventfd the I/O thread waits on
-
-  mutable absl::Mutex mu_;
-  std::deque<Request> demand_queue_ ABSL_GUARDED_BY(mu_);
-  std::deque<Request> bulk_queue_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  bool detached_ ABSL_GUARDED_BY(mu_) = false;
-
-  std::atomic<int> connections_up_{0};
-  std::atomic<uint64_t> checksum_errors_{0};
-  std::atomic<uint64_t> fetch_timeouts_{0};
-  // A demand fetch timed out and nothing has arrived since.
-  std::atomic<bool> failing_fast_{false};
-  std::atomic<uint64_t> memory_inflight_{0};
-  std::atomic<uint64_t> memory_peak_{0};
-  std::atomic<uint64_t> memory_waits_{0};
-  std::unique_ptr<Loop> loop_;
-  std::thread thread_;  // last: joined before the members above go away
+  FetchShared shared_;
+  // Member order is stop order: the bulk channel (which the puller feeds)
+  // stops first.
+  std::unique_ptr<FetchChannel> demand_;
+  std::unique_ptr<FetchChannel> bulk_;
+  std::atomic<bool> detached_{false};
 };
 
 }  // namespace lazyram

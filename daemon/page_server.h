@@ -30,6 +30,9 @@
 
 namespace lazyram {
 
+class ServerLoop;
+struct ServeContext;
+
 class PageServer {
  public:
   struct RegionSpec {
@@ -63,15 +66,18 @@ class PageServer {
   void Stop();
 
  private:
-  class Loop;
-  PageServer() = default;
+  PageServer();
 
   Options options_;
   NetAddress bound_;
   protocol::Welcome welcome_;
   std::vector<UniqueFd> files_;  // index = region index
   UniqueFd listen_fd_;
-  UniqueFd wake_fd_;
+  // The two serving loops (server_loop.h) and what they share; last, so
+  // that they go before what they point into.
+  std::unique_ptr<ServeContext> context_;
+  std::unique_ptr<ServerLoop> demand_loop_;
+  std::unique_ptr<ServerLoop> main_loop_;
 };
 
 // Checks a region name from the command line or a handshake: non-empty,

@@ -52,6 +52,11 @@ inline constexpr size_t kMaxErrorMessage = 1024;
 // CHALLENGE / AUTH / AUTH_OK before WELCOME (docs/protocol.md,
 // "Authentication").
 inline constexpr uint32_t kFeatureAuth = 1u << 0;
+// kFeatureDemandChannel (HELLO only, a hint; never confirmed in WELCOME):
+// this connection carries the client's demand READs, so the server serves
+// it ahead of bulk ones (lazyramd serve: on a thread of its own). A server
+// that ignores it still serves the connection correctly.
+inline constexpr uint32_t kFeatureDemandChannel = 1u << 1;
 // Authentication: random nonces from each side, HMAC-SHA256 proofs.
 inline constexpr size_t kNonceSize = 32;
 inline constexpr size_t kProofSize = 32;

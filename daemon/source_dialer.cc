@@ -133,7 +133,7 @@ absl::Status Authenticate(int fd, const HandshakeFrame& challenge_frame, const A
 }  // namespace
 
 absl::StatusOr<DialedSource> DialSource(const NetAddress& address, absl::Duration timeout,
-                                        const AuthKey* key) {
+                                        const AuthKey* key, uint32_t hints) {
   absl::StatusOr<UniqueFd> fd = ConnectTcp(address, timeout);
   if (!fd.ok()) return fd.status();
   timeval tv = absl::ToTimeval(timeout);
@@ -141,7 +141,8 @@ absl::StatusOr<DialedSource> DialSource(const NetAddress& address, absl::Duratio
   setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 
   std::string hello;
-  protocol::AppendHello({.features = key != nullptr ? protocol::kFeatureAuth : 0}, &hello);
+  protocol::AppendHello({.features = (key != nullptr ? protocol::kFeatureAuth : 0) | hints},
+                        &hello);
   if (absl::Status s = SendAll(fd->get(), hello, address); !s.ok()) return s;
   absl::StatusOr<HandshakeFrame> frame = ReadFrame(fd->get(), address);
   if (!frame.ok()) return frame.status();

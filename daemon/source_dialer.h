@@ -28,8 +28,9 @@ struct DialedSource {
 // a server that does not prove the key, or does not ask for it, is refused
 // with kUnauthenticated. Without `key`, a server that requires one gives
 // kUnauthenticated "page server requires authentication (--auth-key-file)".
+// `hints` are further HELLO feature bits (protocol::kFeatureDemandChannel).
 absl::StatusOr<DialedSource> DialSource(const NetAddress& address, absl::Duration timeout,
-                                        const AuthKey* key = nullptr);
+                                        const AuthKey* key = nullptr, uint32_t hints = 0);
 
 // What differs between the region table a mount started with (`was`) and
 // the one a server now sends (`now`), for a log line; empty when both list

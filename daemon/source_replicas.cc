@@ -32,14 +32,14 @@ SourceReplicas::SourceReplicas(std::vector<NetAddress> addresses,
   }
 }
 
-absl::StatusOr<DialedSource> SourceReplicas::DialAtStart(absl::Duration timeout) {
+absl::StatusOr<DialedSource> SourceReplicas::DialAtStart(absl::Duration timeout, uint32_t hints) {
   std::vector<std::optional<absl::StatusOr<DialedSource>>> dialed(addresses_.size());
   {
     // A replica that does not answer costs `timeout` once, not once each.
     std::vector<std::thread> threads;
     for (size_t i = 0; i < addresses_.size(); ++i) {
-      threads.emplace_back([this, i, timeout, &dialed] {
-        dialed[i] = DialSource(addresses_[i], timeout, key_.get());
+      threads.emplace_back([this, i, timeout, hints, &dialed] {
+        dialed[i] = DialSource(addresses_[i], timeout, key_.get(), hints);
       });
     }
     for (std::thread& t : threads) t.join();
@@ -91,12 +91,13 @@ absl::Status SourceReplicas::Check(size_t index, const protocol::Welcome& welcom
                    " refused: it serves different regions than the mount's image (", change, ")"));
 }
 
-absl::StatusOr<DialedSource> SourceReplicas::DialCurrent(absl::Duration timeout, size_t* index) {
+absl::StatusOr<DialedSource> SourceReplicas::DialCurrent(absl::Duration timeout, size_t* index,
+                                                         uint32_t hints) {
   {
     absl::MutexLock lock(&mu_);
     *index = current_;
   }
-  absl::StatusOr<DialedSource> dialed = DialSource(addresses_[*index], timeout, key_.get());
+  absl::StatusOr<DialedSource> dialed = DialSource(addresses_[*index], timeout, key_.get(), hints);
   absl::Status status = dialed.status();
   if (status.ok()) status = Check(*index, dialed->welcome);
   if (status.ok()) return dialed;

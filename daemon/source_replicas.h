@@ -52,12 +52,15 @@ class SourceReplicas {
   // and marked refused (it stays refused until it serves the right table).
   // Fails, naming every replica's error, only when none answered; with one
   // replica, with that replica's own error.
-  absl::StatusOr<DialedSource> DialAtStart(absl::Duration timeout);
+  // `hints`: feature bits for HELLO beyond authentication (the demand
+  // channel's kFeatureDemandChannel).
+  absl::StatusOr<DialedSource> DialAtStart(absl::Duration timeout, uint32_t hints = 0);
 
   // Dials the current replica and checks its table. On failure the replica
   // is marked down or refused and the next one becomes current. `*index`
   // gets the replica dialed, success or not.
-  absl::StatusOr<DialedSource> DialCurrent(absl::Duration timeout, size_t* index);
+  absl::StatusOr<DialedSource> DialCurrent(absl::Duration timeout, size_t* index,
+                                           uint32_t hints = 0);
 
   // A connection to replica `index` opened / closed. `failed`: it was lost
   // (not closed on purpose): the replica is down and, if it is current,
