@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -31,6 +32,13 @@ constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
 // silent (host gone, link cut) never closes its connections itself. With
 // one source there is nowhere better to go, so it is waited for.
 constexpr absl::Duration kStallTimeout = absl::Seconds(10);
+// Nice value of the bulk thread.
+constexpr int kBulkNice = 10;
+// Bytes per recv on a bulk connection. The copy runs inline in
+// io_uring_enter, where this kernel (preempt=none) does not switch to a
+// woken thread: a recv of megabytes would hold a CPU that the demand thread
+// needs at once.
+constexpr size_t kMaxBulkRecv = 256 * 1024;
 
 }  // namespace
 
@@ -88,6 +96,12 @@ absl::StatusOr<std::unique_ptr<FetchChannel>> FetchChannel::Start(
   channel->thread_ = std::thread([self, &ready, &ring_status] {
     pthread_setname_np(pthread_self(),
                        self->kind_ == Kind::kDemand ? "lazyram-demand" : "lazyram-fetch");
+    // The pull gives way to faults, and to the guest, whenever both want a
+    // CPU.
+    if (self->kind_ == Kind::kBulk &&
+        setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), kBulkNice) != 0) {
+      LogWarning("cannot lower the priority of the bulk fetch thread: %s", std::strerror(errno));
+    }
     absl::StatusOr<std::unique_ptr<IoRing>> ring = IoRing::Create(256);
     if (!ring.ok()) {
       ring_status = ring.status();
@@ -124,48 +138,66 @@ void FetchChannel::Wake() {
 }
 
 std::optional<FetchRequest> FetchChannel::Submit(FetchRequest request) {
-  absl::MutexLock lock(&mu_);
-  if (detached_ || stopping_) return request;
-  if (kind_ == Kind::kDemand && queue_.empty()) {
+  std::string frame;
+  int fd = -1;
+  {
+    absl::MutexLock lock(&mu_);
+    if (detached_ || stopping_) return request;
     Connection& c = conns_[0];
-    if (c.up && !c.send_inflight && c.out.empty() && Fits(request, shared_->room)) {
-      // The I/O thread has a recv armed (or arms it before it next
-      // sleeps); only the reply needs it.
-      const uint64_t tag = next_tag_++;
-      std::string frame;
-      protocol::AppendRead(
-          tag, {request.region, request.count, request.first_page, request.priority}, &frame);
-      const ssize_t n = send(c.fd.get(), frame.data(), frame.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (n > 0) {
-        // A partial send leaves the rest for the I/O thread, in order.
-        if (static_cast<size_t>(n) < frame.size()) c.out.append(frame, static_cast<size_t>(n));
-        Charge(ReplyCost(request.count));
-        // The I/O thread sleeps without a timer while nothing is owed; a
-        // deadline (the fetch timeout, or the stall check with replicas)
-        // needs it awake to set one.
-        const bool needs_timer =
-            c.outstanding.empty() &&
-            (shared_->fetch_timeout != absl::InfiniteDuration() || shared_->replicas->size() > 1);
-        if (c.outstanding.empty()) c.last_progress = absl::Now();
-        c.outstanding.emplace(tag, std::move(request));
-        if ((needs_timer || !c.out.empty()) && !wake_pending_) {
-          wake_pending_ = true;
-          Wake();
-        }
-        return std::nullopt;
-      }
-      // EAGAIN or a broken connection: the I/O thread sends it, or finds
-      // out the connection failed and sends it on the next one.
+    if (kind_ != Kind::kDemand || !queue_.empty() || !c.up || c.send_inflight || !c.out.empty() ||
+        !Fits(request, shared_->room)) {
+      Enqueue(std::move(request));
+      return std::nullopt;
     }
+    // Sent from this thread: the request is owed from now on, and the
+    // sending side is claimed (as by a send in flight on the ring) until
+    // the send returns, without holding the lock across the syscall.
+    const uint64_t tag = next_tag_++;
+    protocol::AppendRead(tag, {request.region, request.count, request.first_page, request.priority},
+                         &frame);
+    Charge(ReplyCost(request.count));
+    // The I/O thread sleeps without a timer while nothing is owed; a
+    // deadline (the fetch timeout, or the stall check with replicas) needs
+    // it awake to set one.
+    if (c.outstanding.empty()) {
+      c.last_progress = absl::Now();
+      if (shared_->fetch_timeout != absl::InfiniteDuration() || shared_->replicas->size() > 1) {
+        WakeLocked();
+      }
+    }
+    c.outstanding.emplace(tag, std::move(request));
+    c.send_inflight = true;
+    fd = c.fd.get();
   }
-  queue_.push_back(std::move(request));
-  // One eventfd write per batch: a wake-up is pending until the I/O thread
-  // takes the queue.
-  if (!wake_pending_) {
-    wake_pending_ = true;
-    Wake();
+  // The I/O thread has a recv armed (or arms it before it next sleeps);
+  // only the reply needs it.
+  const ssize_t n = send(fd, frame.data(), frame.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  absl::MutexLock lock(&mu_);
+  Connection& c = conns_[0];
+  c.send_inflight = false;
+  if (!c.up || c.closing) {
+    // Failed meanwhile: the request went back to the queue with the rest.
+    WakeLocked();
+  } else if (n < static_cast<ssize_t>(frame.size())) {
+    // EAGAIN, a short send or a broken connection: the I/O thread sends
+    // the rest ahead of what was queued since (or finds out it failed).
+    c.out.insert(0, frame, n > 0 ? static_cast<size_t>(n) : 0);
+    WakeLocked();
   }
   return std::nullopt;
+}
+
+void FetchChannel::Enqueue(FetchRequest request) {
+  queue_.push_back(std::move(request));
+  WakeLocked();
+}
+
+void FetchChannel::WakeLocked() {
+  // One eventfd write per batch: a wake-up is pending until the I/O thread
+  // next looks at the queue.
+  if (wake_pending_) return;
+  wake_pending_ = true;
+  Wake();
 }
 
 void FetchChannel::Detach() {
@@ -222,6 +254,8 @@ void FetchChannel::Run() {
       for (size_t i = 0; i < conns_.size(); ++i) Fail(i, absl::OkStatus());
     }
     FinishDials();
+    // A close that waited for a direct send (Submit) to return.
+    for (size_t i = 0; i < conns_.size(); ++i) MaybeFinishClose(i);
     absl::Time wake_at = absl::InfiniteFuture();
     if (!detached) {
       for (size_t i = 0; i < conns_.size(); ++i) {
@@ -477,7 +511,9 @@ void FetchChannel::Pump(size_t index) {
   if (!c.recv_inflight) {
     c.recv_inflight = true;
     io_uring_sqe* sqe = ring_->GetSqe();
-    io_uring_prep_recv(sqe, c.fd.get(), c.in.data() + c.in_len, c.in.size() - c.in_len, 0);
+    size_t room = c.in.size() - c.in_len;
+    if (kind_ == Kind::kBulk) room = std::min(room, kMaxBulkRecv);
+    io_uring_prep_recv(sqe, c.fd.get(), c.in.data() + c.in_len, room, 0);
     io_uring_sqe_set_data64(sqe, Tag(kRecv, index));
   }
 }

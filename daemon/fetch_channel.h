@@ -112,6 +112,9 @@ class FetchChannel {
 
   void Run();
   void Wake();
+  // Wakes the I/O thread unless a wake-up is pending already.
+  void WakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Enqueue(FetchRequest request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ArmWake();
   void Reconnect(size_t index);
   void FinishDials();

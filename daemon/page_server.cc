@@ -144,6 +144,8 @@ absl::Status PageServer::Run() {
   return status.ok() ? demand_status : status;
 }
 
+int PageServer::demand_connections() const { return context_->handed_off.load(); }
+
 void PageServer::Stop() {
   main_loop_->Stop();
   demand_loop_->Stop();

@@ -65,6 +65,10 @@ class PageServer {
   absl::Status Run();
   void Stop();
 
+  // Connections the demand loop serves now (their HELLO carried
+  // kFeatureDemandChannel).
+  int demand_connections() const;
+
  private:
   PageServer();
 

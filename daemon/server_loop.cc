@@ -3,6 +3,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -31,10 +32,17 @@ constexpr uint32_t kMaxClientBody = 64;
 static_assert(kMaxClientBody >= protocol::kNonceSize + protocol::kProofSize);
 constexpr size_t kRecvBuffer = 64 * 1024;
 constexpr size_t kMaxIov = 64;  // frames per sendmsg
+// Bytes per sendmsg. The copy into the socket runs inline in
+// io_uring_enter, where this kernel (preempt=none) does not switch to a
+// woken thread: a bulk send of megabytes would hold a CPU that the demand
+// loop, or the client's demand thread on this host, needs at once.
+constexpr size_t kMaxSendBytes = 256 * 1024;
 // A refused connection (over --max-connections) is given this long to read
 // its ERROR and hang up before it is closed; closing with its HELLO still
 // unread would reset the connection and could lose the ERROR.
 constexpr absl::Duration kRefusedLinger = absl::Seconds(2);
+// Nice value of the bulk serving thread.
+constexpr int kBulkNice = 10;
 
 // Where a connection is in its life. Only kReady connections may READ.
 enum class Phase {
@@ -140,6 +148,11 @@ absl::Status ServerLoop::Run() {
   if (!ring.ok()) return ring.status();
   ring_ = *std::move(ring);
   if (role_ == Role::kMain) {
+    // Bulk transfers give way to the demand loop (and to whatever else
+    // this host runs) whenever both want a CPU.
+    if (setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), kBulkNice) != 0) {
+      LogWarning("cannot lower the priority of the bulk serving thread: %s", std::strerror(errno));
+    }
     ArmAccept();
     ArmTick();
   }
@@ -281,10 +294,12 @@ void ServerLoop::Pump(Connection* c) {
   if (!c->send_inflight && !c->out.empty()) {
     // One sendmsg over the queued frames: no copy into a send buffer.
     c->iov.clear();
-    size_t skip = c->out_sent;
+    size_t skip = c->out_sent, bytes = 0;
     for (Frame& f : c->out) {
-      if (c->iov.size() == kMaxIov) break;
-      c->iov.push_back({f.bytes.get() + skip, f.size - skip});
+      if (c->iov.size() == kMaxIov || bytes == kMaxSendBytes) break;
+      const size_t n = std::min(f.size - skip, kMaxSendBytes - bytes);
+      c->iov.push_back({f.bytes.get() + skip, n});
+      bytes += n;
       skip = 0;
     }
     c->msg = {};

@@ -2,7 +2,9 @@
 
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <sys/resource.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -57,6 +59,10 @@ void OpenFlags(fuse_file_info* fi) {
 void Init(void* /*userdata*/, fuse_conn_info* conn) {
   // A changed size or mtime must not drop the consumer's pages.
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  // READ replies come from the store's descriptor: splice them (memfd ->
+  // pipe moves page references, pipe -> /dev/fuse copies once) instead of
+  // reading into a buffer and writing that (two copies).
+  if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
   // QEMU's huge-page faults arrive as many parallel READs.
   conn->max_background = 64;
   conn->congestion_threshold = 48;
@@ -156,6 +162,33 @@ void ReplyFromBuffer(fuse_req_t req, Region* region, uint64_t offset, size_t len
   fuse_reply_buf(req, reinterpret_cast<const char*>(data), length);
 }
 
+// Lowers this worker's priority for the life of the object (for background
+// work), then restores it.
+class ScopedNice {
+ public:
+  explicit ScopedNice(bool enable) : enabled_(enable) {
+    if (enabled_) setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), kBackgroundNice);
+  }
+  ~ScopedNice() {
+    if (enabled_) setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 0);
+  }
+  ScopedNice(const ScopedNice&) = delete;
+  ScopedNice& operator=(const ScopedNice&) = delete;
+
+ private:
+  static constexpr int kBackgroundNice = 10;
+  const bool enabled_;
+};
+
+// A READ the page pusher's helper started (the push, not a consumer):
+// served at background priority, so that the worker copying it gives way
+// to the threads a fault is waiting on.
+bool IsPushRead(fuse_req_t req) {
+  const PagePusher* pusher = Fs(req)->pusher();
+  return pusher != nullptr && pusher->helper_pid() != 0 &&
+         fuse_req_ctx(req)->pid == pusher->helper_pid();
+}
+
 void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
   if (ViewsDir::Owns(ino)) return Fs(req)->views()->Read(req, size, off, fi);
   Region* region = Fs(req)->engine()->region(fi->fh);
@@ -163,6 +196,7 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
   const uint64_t offset = static_cast<uint64_t>(off);
   if (offset >= region_size || size == 0) return (void)fuse_reply_buf(req, nullptr, 0);
   const size_t length = static_cast<size_t>(std::min<uint64_t>(size, region_size - offset));
+  const ScopedNice background(IsPushRead(req));
   // Answered from whichever thread makes the pages local; this worker
   // returns at once.
   region->EnsureLocal(

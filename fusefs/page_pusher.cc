@@ -107,6 +107,7 @@ void PagePusher::Warm(const Run& run) {
       return;
     }
     helper_ = *std::move(helper);
+    helper_pid_.store(helper_->pid(), std::memory_order_relaxed);
   }
   absl::Status s =
       helper_->Warm(absl::StrCat(mountpoint_, "/", region->name()), offset, end - offset);

@@ -59,6 +59,10 @@ class PagePusher {
   //  "pending_runs": runs not yet handed over (0: idle)}
   nlohmann::json StatusJson() const;
 
+  // The helper process's pid (0 before it is spawned): its READs are the
+  // push, which the FUSE layer serves at a lower priority than faults.
+  pid_t helper_pid() const { return helper_pid_.load(std::memory_order_relaxed); }
+
  private:
   struct Run {
     size_t index;
@@ -82,6 +86,7 @@ class PagePusher {
   bool busy_ ABSL_GUARDED_BY(mu_) = false;  // the loop is warming a run
 
   std::atomic<uint64_t> pushed_{0};
+  std::atomic<pid_t> helper_pid_{0};
   bool helper_failed_logged_ = false;  // loop thread only
   std::thread thread_;
 };

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -79,9 +80,20 @@ bool WriteFull(int fd, const void* data, size_t len) {
       }
       std::memcpy(open_path, c.path, c.path_len);
     }
+    // At most two chunks of READs queued at a time: readahead returns at
+    // once, and the kernel serves FUSE requests in order, so an unbounded
+    // push would put a megabyte of them ahead of every fault. Reading one
+    // byte of the previous chunk waits for its READs (the page stays
+    // locked until its READ is answered).
+    uint64_t previous_end = 0;
     for (uint64_t at = c.offset; at < c.offset + c.length; at += kChunk) {
       const uint64_t n = c.length - (at - c.offset) < kChunk ? c.length - (at - c.offset) : kChunk;
       if (readahead(fd, static_cast<off64_t>(at), n) != 0) break;
+      char byte;
+      if (previous_end != 0 && pread(fd, &byte, 1, static_cast<off_t>(previous_end - 1)) < 0) {
+        break;
+      }
+      previous_end = at + n;
     }
   }
   _exit(0);
@@ -111,6 +123,8 @@ absl::StatusOr<std::unique_ptr<WarmHelper>> WarmHelper::Spawn() {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(0);
     prctl(PR_SET_NAME, "lazyram-warm");
+    // Warming is background work: faults come first.
+    setpriority(PRIO_PROCESS, 0, 10);
     if (dup2(commands[0], 0) < 0 || dup2(acks[1], 1) < 0) _exit(1);
     // Nothing else of the daemon's: above all not its /dev/fuse descriptor.
     syscall(SYS_close_range, 3U, ~0U, 0U);
