@@ -1,9 +1,10 @@
 // FetchChannel: one class of traffic to the page server — demand fetches
 // or the background pull — on connections of its own, driven by an I/O
-// thread of its own that owns an io_uring. The Fetcher has two: demand
-// requests never share a connection, a thread or a ring with bulk ones, so
-// a fault never waits while a megabyte of pulled pages is received and
-// stored (QEMU's postcopy-preempt channel is the same idea).
+// thread of its own that owns an io_uring. The Fetcher has one demand
+// channel and one or more bulk channels: demand requests never share a
+// connection, a thread or a ring with bulk ones, so a fault never waits
+// while a megabyte of pulled pages is received and stored (QEMU's
+// postcopy-preempt channel is the same idea).
 //
 // Each (re)connect dials on a short-lived thread ("lazyram-dial"), so a
 // server that does not answer holds up nothing else. When a connection
@@ -105,6 +106,8 @@ class FetchChannel {
   std::optional<FetchRequest> Submit(FetchRequest request);
   // Closes every connection for good; later submissions are refused.
   void Detach();
+  // The largest size of the replies this channel is owed now.
+  uint64_t inflight() const { return my_inflight_.load(std::memory_order_relaxed); }
 
  private:
   struct Connection;

@@ -46,16 +46,20 @@ absl::StatusOr<std::unique_ptr<Fetcher>> Fetcher::Connect(Options options) {
       FetchChannel::Start(FetchChannel::Kind::kDemand, 1, &fetcher->shared_, *std::move(first));
   if (!demand.ok()) return demand.status();
   fetcher->demand_ = *std::move(demand);
-  absl::StatusOr<std::unique_ptr<FetchChannel>> bulk =
-      FetchChannel::Start(FetchChannel::Kind::kBulk, fetcher->options_.bulk_connections,
-                          &fetcher->shared_, std::nullopt);
-  if (!bulk.ok()) return bulk.status();
-  fetcher->bulk_ = *std::move(bulk);
+  // One thread per bulk connection: landing pulled pages (checksum, store
+  // write) is most of a pull's CPU, and a second thread can use a second
+  // core.
+  for (int i = 0; i < fetcher->options_.bulk_connections; ++i) {
+    absl::StatusOr<std::unique_ptr<FetchChannel>> bulk =
+        FetchChannel::Start(FetchChannel::Kind::kBulk, 1, &fetcher->shared_, std::nullopt);
+    if (!bulk.ok()) return bulk.status();
+    fetcher->bulk_.push_back(*std::move(bulk));
+  }
   return fetcher;
 }
 
 void Fetcher::Shutdown() {
-  if (bulk_ != nullptr) bulk_->Stop();
+  for (auto& bulk : bulk_) bulk->Stop();
   if (demand_ != nullptr) demand_->Stop();
 }
 
@@ -76,7 +80,14 @@ void Fetcher::Fetch(uint32_t region, uint64_t first_page, uint32_t count, Priori
   if (priority == Priority::kDemand && options_.fetch_timeout != absl::InfiniteDuration()) {
     request.deadline = absl::Now() + options_.fetch_timeout;
   }
-  FetchChannel* channel = priority == Priority::kDemand ? demand_.get() : bulk_.get();
+  FetchChannel* channel = demand_.get();
+  if (priority != Priority::kDemand) {
+    // The bulk channel owing the least.
+    channel = nullptr;
+    for (auto& bulk : bulk_) {
+      if (channel == nullptr || bulk->inflight() < channel->inflight()) channel = bulk.get();
+    }
+  }
   std::optional<FetchRequest> refused =
       channel != nullptr ? channel->Submit(std::move(request)) : std::move(request);
   if (refused.has_value()) {
@@ -87,7 +98,7 @@ void Fetcher::Fetch(uint32_t region, uint64_t first_page, uint32_t count, Priori
 void Fetcher::Detach() {
   detached_.store(true, std::memory_order_relaxed);
   demand_->Detach();
-  bulk_->Detach();
+  for (auto& bulk : bulk_) bulk->Detach();
 }
 
 SourceState Fetcher::state() const {

@@ -1,10 +1,11 @@
 // Fetcher: the daemon's side of the page protocol. A PageSource that
 // fetches from a page server (one of its replicas, see SourceReplicas) on
-// two FetchChannels, each with its own connections, I/O thread and
-// io_uring: demand fetches on one connection ("lazyram-demand"), the
-// background pull on a few bulk connections ("lazyram-fetch"). A fault
-// therefore never queues behind bulk replies, neither on the wire nor in a
-// thread that is busy storing them (the postcopy-preempt idea).
+// FetchChannels, each with its own connection, I/O thread and io_uring:
+// demand fetches on one ("lazyram-demand"), the background pull on
+// `bulk_connections` more ("lazyram-fetch", one thread each, so that
+// landing pulled pages can use every core). A fault therefore never queues
+// behind bulk replies, neither on the wire nor in a thread that is busy
+// storing them (the postcopy-preempt idea).
 //
 // When a connection fails, its outstanding requests are re-sent once it is
 // back (fetch_channel.h); fetches wait meanwhile, they are not failed,
@@ -100,7 +101,7 @@ class Fetcher : public PageSource {
   // Member order is stop order: the bulk channel (which the puller feeds)
   // stops first.
   std::unique_ptr<FetchChannel> demand_;
-  std::unique_ptr<FetchChannel> bulk_;
+  std::vector<std::unique_ptr<FetchChannel>> bulk_;
   std::atomic<bool> detached_{false};
 };
 
