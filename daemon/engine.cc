@@ -337,6 +337,12 @@ nlohmann::json Engine::StatusJson() const {
            {"complete", s.complete}});
     }
   }
+  {
+    absl::MutexLock lock(&sections_mu_);
+    if (region_hook_) {
+      for (size_t i = 0; i < regions.size(); ++i) region_hook_(i, &regions[i]);
+    }
+  }
   std::string source = fetcher_ != nullptr        ? std::string(SourceStateName(fetcher_->state()))
                        : local_source_ != nullptr ? "local"
                                                   : "none";
@@ -374,6 +380,11 @@ void Engine::SetStatusSection(std::string key, absl::AnyInvocable<nlohmann::json
   if (section) sections_.emplace_back(std::move(key), std::move(section));
 }
 
+void Engine::SetRegionStatusHook(RegionStatusHook hook) {
+  absl::MutexLock lock(&sections_mu_);
+  region_hook_ = std::move(hook);
+}
+
 nlohmann::json Engine::HashReply(const nlohmann::json& request) {
   auto region = request.find("region");
   if (region == request.end() || !region->is_string()) {
@@ -394,6 +405,13 @@ nlohmann::json Engine::HashReply(const nlohmann::json& request) {
   std::optional<size_t> index = FindRegion(name);
   if (!index.has_value()) {
     return ErrorReply(absl::NotFoundError(absl::StrCat("no region named '", name, "'")));
+  }
+  if (!*poll) {
+    // The hook also brings the region's size up to date (a write through
+    // FUSE passthrough may have grown it): the run hashes the whole region.
+    absl::MutexLock lock(&sections_mu_);
+    nlohmann::json ignored;
+    if (region_hook_) region_hook_(*index, &ignored);
   }
   // A fresh run (or the one under way), unless only polling; answered
   // when done with "wait", at once without.

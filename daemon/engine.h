@@ -80,6 +80,8 @@ class Engine : public ControlHandler {
 
   bool has_source() const { return fetcher_ != nullptr || local_source_ != nullptr; }
   bool read_only() const { return options_.read_only; }
+  // Every region's store is a memfd (--store mem).
+  bool memory_store() const { return options_.store_dir.empty(); }
   // The views/ folder's content; null when the mount has none.
   const ForensicViews* views() const { return views_.get(); }
   RegionHasher& hasher() { return hasher_; }
@@ -101,6 +103,11 @@ class Engine : public ControlHandler {
   // Adds (or, with a null `section`, removes) a top-level key of the status
   // reply computed by another layer (fusefs's page pusher).
   void SetStatusSection(std::string key, absl::AnyInvocable<nlohmann::json() const> section);
+  // Sets (or, with a null `hook`, clears) what another layer adds to each
+  // region's status entry (fusefs's passthrough state), called with the
+  // region's index and entry, without the engine's region lock held.
+  using RegionStatusHook = absl::AnyInvocable<void(size_t index, nlohmann::json* region) const>;
+  void SetRegionStatusHook(RegionStatusHook hook);
 
   // What `lazyramctl unmount` runs.
   void SetUnmountHandler(absl::AnyInvocable<absl::Status()> handler);
@@ -136,6 +143,7 @@ class Engine : public ControlHandler {
   mutable absl::Mutex sections_mu_;
   std::vector<std::pair<std::string, absl::AnyInvocable<nlohmann::json() const>>> sections_
       ABSL_GUARDED_BY(sections_mu_);
+  RegionStatusHook region_hook_ ABSL_GUARDED_BY(sections_mu_);
   absl::Mutex unmount_mu_;
   absl::AnyInvocable<absl::Status()> unmount_ ABSL_GUARDED_BY(unmount_mu_);
 };

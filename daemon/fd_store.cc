@@ -18,7 +18,9 @@ FdStore::FdStore(UniqueFd fd, std::string description, uint64_t size)
 absl::StatusOr<std::unique_ptr<FdStore>> FdStore::CreateMemory(absl::string_view name,
                                                                uint64_t size) {
   std::string label = absl::StrCat("lazyram:", name);
-  UniqueFd fd(memfd_create(label.c_str(), MFD_CLOEXEC));
+  // Sealable: FUSE passthrough seals the size of a region from a source
+  // (fusefs/passthrough_policy.h).
+  UniqueFd fd(memfd_create(label.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd.valid()) return ErrnoStatus(errno, absl::StrCat("memfd_create for region ", name));
   if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
     return ErrnoStatus(errno, absl::StrCat("sizing memory store of ", name));
@@ -81,6 +83,18 @@ absl::Status FdStore::Punch(uint64_t offset, uint64_t length) {
 }
 
 absl::Status FdStore::Resize(uint64_t size) {
+  // Growing never cuts the file: with FUSE passthrough the kernel writes
+  // the memfd directly, and a write past the old end may land between a
+  // look at the size and this call. fallocate only ever extends (and
+  // allocates just the last page); ftruncate is for shrinking, and for
+  // files whose filesystem cannot fallocate.
+  if (size > Size()) {
+    if (fallocate(fd_.get(), 0, static_cast<off_t>(size - 1), 1) == 0) {
+      size_.store(size, std::memory_order_release);
+      return absl::OkStatus();
+    }
+    if (errno != EOPNOTSUPP) return ErrnoStatus(errno, absl::StrCat("growing ", description_));
+  }
   if (ftruncate(fd_.get(), static_cast<off_t>(size)) != 0) {
     return ErrnoStatus(errno, absl::StrCat("resizing ", description_));
   }

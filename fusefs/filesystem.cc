@@ -59,8 +59,22 @@ absl::StatusOr<std::unique_ptr<Filesystem>> Filesystem::Mount(Engine* engine, Op
     return absl::UnavailableError(
         absl::StrCat("cannot mount on ", fs->options_.mountpoint, " (is /dev/fuse available?)"));
   }
+  if (fs->options_.passthrough && engine->memory_store()) {
+    if (absl::Status s = fs->InstallChannel(); !s.ok()) {
+      LogWarning("FUSE passthrough is off: %s", s.message());
+    }
+  }
+  fs->passthrough_ = std::make_unique<PassthroughPolicy>(engine, fs->channel_.get());
+  PassthroughPolicy* policy = fs->passthrough_.get();
+  engine->SetStatusSection("passthrough", [policy] { return policy->StatusJson(); });
+  engine->SetRegionStatusHook(
+      [policy](size_t index, nlohmann::json* region) { policy->AddRegionStatus(index, region); });
   if (fs->options_.push && !fs->options_.read_only) {
-    fs->pusher_ = std::make_unique<PagePusher>(engine, fs->options_.mountpoint);
+    // A region whose files open in passthrough mode has no page cache
+    // anyone reads: nothing to warm.
+    fs->pusher_ = std::make_unique<PagePusher>(
+        engine, fs->options_.mountpoint,
+        [policy](size_t index) { return policy->WouldPassthrough(index); });
     PagePusher* p = fs->pusher_.get();
     engine->SetStatusSection("push", [p] { return p->StatusJson(); });
   } else {
@@ -74,10 +88,35 @@ absl::StatusOr<std::unique_ptr<Filesystem>> Filesystem::Mount(Engine* engine, Op
 
 Filesystem::~Filesystem() {
   engine_->SetStatusSection("push", nullptr);
+  engine_->SetStatusSection("passthrough", nullptr);
+  engine_->SetRegionStatusHook(nullptr);
   pusher_.reset();
   if (session_ == nullptr) return;
+  if (passthrough_ != nullptr) passthrough_->CloseBackings();
   fuse_session_unmount(session_);
   fuse_session_destroy(session_);
+}
+
+absl::Status Filesystem::InstallChannel() {
+  // The session reads requests from, and writes replies to, this channel;
+  // the hooks find it through the session's userdata (this Filesystem).
+  fuse_custom_io io{};
+  io.read = [](int fd, void* buf, size_t len, void* userdata) -> ssize_t {
+    return static_cast<Filesystem*>(userdata)->channel_->Read(fd, buf, len);
+  };
+  io.writev = [](int fd, struct iovec* iov, int count, void* userdata) -> ssize_t {
+    return static_cast<Filesystem*>(userdata)->channel_->Writev(fd, iov, count);
+  };
+  const int fd = fuse_session_fd(session_);
+  channel_ = std::make_unique<PassthroughChannel>(fd);
+  // Called after fuse_session_mount: the same descriptor, now read and
+  // written through the hooks; splice stays off (no splice hooks).
+  if (const int rc = fuse_session_custom_io(session_, &io, fd); rc != 0) {
+    channel_.reset();
+    return absl::InternalError(
+        absl::StrCat("fuse_session_custom_io failed: ", std::strerror(rc < 0 ? -rc : rc)));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Filesystem::Run() {

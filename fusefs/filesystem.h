@@ -18,6 +18,8 @@
 #include "absl/time/time.h"
 #include "daemon/engine.h"
 #include "fusefs/page_pusher.h"
+#include "fusefs/passthrough_channel.h"
+#include "fusefs/passthrough_policy.h"
 #include "fusefs/views.h"
 
 struct fuse_session;
@@ -35,6 +37,9 @@ class Filesystem {
     bool read_only = false;
     // Push pulled pages into the page cache (fusefs/page_pusher.h).
     bool push = true;
+    // Open complete regions in FUSE passthrough mode (memory stores only;
+    // fusefs/passthrough_policy.h).
+    bool passthrough = true;
   };
 
   // Mounts. The engine must outlive the Filesystem.
@@ -62,14 +67,24 @@ class Filesystem {
   ViewsDir* views() const { return views_.get(); }
   // Null when pushing is off.
   PagePusher* pusher() const { return pusher_.get(); }
+  PassthroughPolicy* passthrough() const { return passthrough_.get(); }
+  // Null when passthrough is off.
+  PassthroughChannel* channel() const { return channel_.get(); }
 
  private:
   Filesystem(Engine* engine, Options options);
+  // Puts a PassthroughChannel between libfuse and /dev/fuse.
+  absl::Status InstallChannel();
 
   Engine* const engine_;
   const Options options_;
   const timespec mount_time_;  // every file's mtime: a changed mtime drops caches
   std::unique_ptr<ViewsDir> views_;
+  // The channel sees every request and reply of session_ once installed;
+  // the policy uses it. Both go after session_ (the destructor frees the
+  // session explicitly).
+  std::unique_ptr<PassthroughChannel> channel_;
+  std::unique_ptr<PassthroughPolicy> passthrough_;
   fuse_session* session_ = nullptr;
   std::unique_ptr<PagePusher> pusher_;  // before session_ goes
 };

@@ -28,6 +28,12 @@ constexpr double kCacheTimeout = 86400.0 * 365;
 
 Filesystem* Fs(fuse_req_t req) { return static_cast<Filesystem*>(fuse_req_userdata(req)); }
 
+// A region file's handle: the region index, and this bit when the file is
+// open in FUSE passthrough mode (for RELEASE to count it off). READs may
+// still arrive on such a handle (readahead(2) fills the page cache).
+constexpr uint64_t kPassthroughHandle = uint64_t{1} << 62;
+size_t RegionOf(const fuse_file_info* fi) { return fi->fh & ~kPassthroughHandle; }
+
 // Region index of an inode, or -1 for the root or an unknown inode.
 ssize_t IndexOf(Filesystem* fs, fuse_ino_t ino) {
   if (ino < 2) return -1;
@@ -49,11 +55,25 @@ fuse_entry_param EntryFor(Filesystem* fs, size_t index) {
   return e;
 }
 
-void OpenFlags(fuse_file_info* fi) {
+// Picks the open mode of region `index`, fills `fi` for it and, for
+// passthrough, marks the reply this thread sends next. Returns whether the
+// open is passthrough, for AfterReply.
+bool PrepareOpen(Filesystem* fs, size_t index, fuse_file_info* fi) {
+  const PassthroughPolicy::Grant grant = fs->passthrough()->Open(index);
+  fi->fh = index | (grant.passthrough ? kPassthroughHandle : 0);
   // Cached mode: shared writable mmap needs it, and pages stay cached
-  // across opens. Never direct_io (design.md).
-  fi->keep_cache = 1;
+  // across opens. Never direct_io (design.md). Passthrough wants neither
+  // flag; the channel clears them in the reply anyway.
+  fi->keep_cache = grant.passthrough ? 0 : 1;
   fi->direct_io = 0;
+  if (grant.passthrough) fs->channel()->MarkOpenReply(grant.backing_id);
+  return grant.passthrough;
+}
+
+// After the reply of an open PrepareOpen marked: if it could not be
+// patched, the kernel got a cached open, and passthrough stops here.
+void AfterReply(Filesystem* fs, size_t index, bool passthrough) {
+  if (passthrough && !fs->channel()->TakeMarkApplied()) fs->passthrough()->GrantFailed(index);
 }
 
 void Init(void* /*userdata*/, fuse_conn_info* conn) {
@@ -63,6 +83,10 @@ void Init(void* /*userdata*/, fuse_conn_info* conn) {
   // pipe moves page references, pipe -> /dev/fuse copies once) instead of
   // reading into a buffer and writing that (two copies).
   if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
+  // Requests must be read with read(2), through the PassthroughChannel
+  // (libfuse splices them past it otherwise). Nothing here uses it anyway:
+  // there is no write_buf handler.
+  conn->want &= ~FUSE_CAP_SPLICE_READ;
   // QEMU's huge-page faults arrive as many parallel READs.
   conn->max_background = 64;
   conn->congestion_threshold = 48;
@@ -90,6 +114,9 @@ void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
   if (ViewsDir::Owns(ino) && fs->views() != nullptr) return fs->views()->GetAttr(req, ino);
   ssize_t index = IndexOf(fs, ino);
   if (index < 0) return (void)fuse_reply_err(req, ENOENT);
+  // After a passthrough write past the end the kernel asks again (it
+  // invalidates the size): answer with the grown one.
+  fs->passthrough()->AdoptGrowth(static_cast<size_t>(index));
   struct stat st = fs->RegionAttr(static_cast<size_t>(index));
   fuse_reply_attr(req, &st, kCacheTimeout);
 }
@@ -101,6 +128,9 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
   ssize_t index = IndexOf(fs, ino);
   if (index < 0) return (void)fuse_reply_err(req, ino == FUSE_ROOT_ID ? EPERM : ENOENT);
   if (to_set & FUSE_SET_ATTR_SIZE) {
+    // From the size the store really has: a truncation must cut what a
+    // passthrough write appended too.
+    fs->passthrough()->AdoptGrowth(static_cast<size_t>(index));
     absl::Status s = fs->engine()
                          ->region(static_cast<size_t>(index))
                          ->Resize(static_cast<uint64_t>(attr->st_size));
@@ -121,9 +151,9 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (fs->engine()->read_only() && ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))) {
     return (void)fuse_reply_err(req, EROFS);
   }
-  fi->fh = static_cast<uint64_t>(index);
-  OpenFlags(fi);
+  const bool passthrough = PrepareOpen(fs, static_cast<size_t>(index), fi);
   fuse_reply_open(req, fi);
+  AfterReply(fs, static_cast<size_t>(index), passthrough);
 }
 
 void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/,
@@ -133,10 +163,10 @@ void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/
   if (parent != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOENT);
   absl::StatusOr<size_t> index = fs->engine()->CreateRegion(name);
   if (!index.ok()) return ReplyStatus(req, index.status());
-  fi->fh = *index;
-  OpenFlags(fi);
   fuse_entry_param e = EntryFor(fs, *index);
+  const bool passthrough = PrepareOpen(fs, *index, fi);
   fuse_reply_create(req, &e, fi);
+  AfterReply(fs, *index, passthrough);
 }
 
 // For stores without a descriptor libfuse can read from (O_DIRECT needs
@@ -191,7 +221,7 @@ bool IsPushRead(fuse_req_t req) {
 
 void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
   if (ViewsDir::Owns(ino)) return Fs(req)->views()->Read(req, size, off, fi);
-  Region* region = Fs(req)->engine()->region(fi->fh);
+  Region* region = Fs(req)->engine()->region(RegionOf(fi));
   const uint64_t region_size = region->size();
   const uint64_t offset = static_cast<uint64_t>(off);
   if (offset >= region_size || size == 0) return (void)fuse_reply_buf(req, nullptr, 0);
@@ -221,7 +251,7 @@ void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t o
   if (Fs(req)->engine()->read_only() || ViewsDir::Owns(ino)) {
     return (void)fuse_reply_err(req, EROFS);
   }
-  Region* region = Fs(req)->engine()->region(fi->fh);
+  Region* region = Fs(req)->engine()->region(RegionOf(fi));
   region->Write(static_cast<uint64_t>(off), std::span(reinterpret_cast<const uint8_t*>(buf), size),
                 [req, size](absl::Status s) {
                   if (!s.ok()) return ReplyStatus(req, s);
@@ -234,7 +264,7 @@ void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t len
   if (Fs(req)->engine()->read_only() || ViewsDir::Owns(ino)) {
     return (void)fuse_reply_err(req, EROFS);
   }
-  Region* region = Fs(req)->engine()->region(fi->fh);
+  Region* region = Fs(req)->engine()->region(RegionOf(fi));
   const auto off = static_cast<uint64_t>(offset), len = static_cast<uint64_t>(length);
   if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) {
     return region->Punch(off, len, [req](absl::Status s) { ReplyStatus(req, s); });
@@ -250,6 +280,7 @@ void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t len
 void Flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
 void Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (ViewsDir::Owns(ino)) return Fs(req)->views()->Release(req, fi);
+  Fs(req)->passthrough()->Release(RegionOf(fi), (fi->fh & kPassthroughHandle) != 0);
   fuse_reply_err(req, 0);
 }
 void Fsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) { fuse_reply_err(req, 0); }
@@ -309,7 +340,7 @@ void StatFs(fuse_req_t req, fuse_ino_t) {
 // SEEK_DATA / SEEK_HOLE. A region is all data; a view knows its holes.
 void Lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) {
   if (ViewsDir::Owns(ino)) return Fs(req)->views()->Lseek(req, off, whence, fi);
-  Region* region = Fs(req)->engine()->region(fi->fh);
+  Region* region = Fs(req)->engine()->region(RegionOf(fi));
   const uint64_t size = region->size();
   if (off < 0 || (whence != SEEK_DATA && whence != SEEK_HOLE)) {
     return (void)fuse_reply_err(req, EINVAL);

@@ -16,8 +16,8 @@ constexpr uint64_t kPageSize = protocol::kPageSize;
 
 }  // namespace
 
-PagePusher::PagePusher(Engine* engine, std::string mountpoint)
-    : engine_(engine), mountpoint_(std::move(mountpoint)) {
+PagePusher::PagePusher(Engine* engine, std::string mountpoint, SkipRegion skip)
+    : engine_(engine), mountpoint_(std::move(mountpoint)), skip_(std::move(skip)) {
   thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "lazyram-push");
     Loop();
@@ -99,6 +99,9 @@ void PagePusher::Warm(const Run& run) {
   const uint64_t offset = run.first * kPageSize;
   const uint64_t end = std::min(region->size(), (run.first + run.count) * kPageSize);
   if (offset >= end) return;
+  // Also keeps the helper's own open from being the one that takes a
+  // complete region passthrough (and warming a cache no one reads).
+  if (skip_ && skip_(run.index)) return;
   if (helper_ == nullptr) {
     absl::StatusOr<std::unique_ptr<WarmHelper>> helper = WarmHelper::Spawn();
     if (!helper.ok()) {

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/engine.h"
 #include "fusefs/warm_helper.h"
@@ -42,9 +43,13 @@ namespace lazyram::fusefs {
 
 class PagePusher {
  public:
+  // Says whether a region's file would open in FUSE passthrough mode now:
+  // its page cache is then never read, and its runs are not warmed.
+  using SkipRegion = absl::AnyInvocable<bool(size_t index) const>;
+
   // Listens to the pulls of every region of `engine` that has a source;
-  // `mountpoint` is where those regions are files.
-  PagePusher(Engine* engine, std::string mountpoint);
+  // `mountpoint` is where those regions are files. `skip` may be null.
+  PagePusher(Engine* engine, std::string mountpoint, SkipRegion skip = nullptr);
   PagePusher(const PagePusher&) = delete;
   PagePusher& operator=(const PagePusher&) = delete;
   // Stops listening and warming; waits for the readahead in progress.
@@ -76,6 +81,7 @@ class PagePusher {
 
   Engine* const engine_;
   const std::string mountpoint_;
+  const SkipRegion skip_;
   std::vector<size_t> listened_;        // indices of the regions we listen to
   std::unique_ptr<WarmHelper> helper_;  // spawned by, and used only on, the loop thread
 

@@ -276,9 +276,12 @@ absl::StatusOr<std::unique_ptr<MountProcess>> MountProcess::Start(const TempDir&
   m->control_ = dir.Sub(absl::StrCat("ctl", id, ".sock"));
   m->log_path_ = dir.Sub(absl::StrCat("mount", id, ".log"));
   std::filesystem::create_directories(m->mountpoint_);
-  std::vector<std::string> argv = {
-      LazyramdPath(), "mount",   m->mountpoint_, "--foreground", "--control",
-      m->control_,    "--store", options.store,  "--prefetch",   options.prefetch ? "on" : "off"};
+  std::vector<std::string> argv = {LazyramdPath(),  "mount",
+                                   m->mountpoint_,  "--foreground",
+                                   "--control",     m->control_,
+                                   "--store",       options.store,
+                                   "--prefetch",    options.prefetch ? "on" : "off",
+                                   "--passthrough", options.passthrough ? "on" : "off"};
   if (options.source.has_value()) {
     argv.push_back("--source");
     argv.push_back(*options.source);

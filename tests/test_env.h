@@ -101,6 +101,8 @@ class MountProcess {
     std::optional<std::string> source;  // tcp://...
     std::string store = "mem";
     bool prefetch = false;
+    // --passthrough: complete regions open in FUSE passthrough mode.
+    bool passthrough = true;
     std::vector<std::string> extra_args;
   };
   static absl::StatusOr<std::unique_ptr<MountProcess>> Start(const TempDir& dir,

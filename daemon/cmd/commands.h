@@ -38,7 +38,8 @@ struct MountOptions {
   bool allow_other = false;
   double checkpoint_interval = 30;  // seconds; 0: only at a clean shutdown
   std::optional<std::string> auth_key_file;
-  std::string push = "on";  // push pulled pages into the page cache
+  std::string push = "on";         // push pulled pages into the page cache
+  std::string passthrough = "on";  // complete regions open in FUSE passthrough mode
 };
 
 // Both return the process exit code; errors are printed as one line.

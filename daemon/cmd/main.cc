@@ -119,6 +119,15 @@ int main(int argc, char** argv) {
                    "data); off: every first touch is a READ")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
+  mount_cmd
+      ->add_option("--passthrough", mount.passthrough,
+                   "on: open a region whose every page is local (always so without a source) "
+                   "in FUSE passthrough mode, so the kernel maps and writes its memory store "
+                   "directly, at tmpfs speed (--store mem only; needs CAP_SYS_ADMIN, else the "
+                   "mount stays cached); off: every file stays in cached mode, each page and "
+                   "write through the daemon. See docs/performance.md")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);

@@ -123,7 +123,8 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
       fusefs::Filesystem::Mount(engine->get(), {.mountpoint = options.mountpoint,
                                                 .allow_other = options.allow_other,
                                                 .read_only = options.read_only,
-                                                .push = options.push == "on"});
+                                                .push = options.push == "on",
+                                                .passthrough = options.passthrough == "on"});
   if (!fs.ok()) {
     report.Failed(fs.status().message());
     return 1;

@@ -5,10 +5,14 @@
 //   absent     a mount with --prefetch off: the block comes over the network;
 //   pulled     a mount with --prefetch on after `lazyramctl wait`: what a
 //              guest sees once the background pull is done (fast once the
-//              puller pushes its pages into the page cache);
-//   prefetched a --prefetch off mount after `lazyramctl prefetch`: every
-//              page local in the store, each block still a FUSE READ — the
-//              floor without page-cache pushes;
+//              puller pushes its pages into the page cache); the file is
+//              mapped before the pull completes, as QEMU's is, so it stays
+//              on the cached path (--passthrough off makes sure of it);
+//   prefetched a --prefetch off, --passthrough off mount after `lazyramctl
+//              prefetch`: every page local in the store, each block still a
+//              FUSE READ — the floor without page-cache pushes;
+//   passthrough the same, with passthrough (the default): the file, opened
+//              once the region is complete, maps the memfd store itself;
 //   tmpfs      a copy of the image on /dev/shm.
 #include <sys/mman.h>
 
@@ -24,7 +28,7 @@
 namespace lazyram::bench {
 namespace {
 
-constexpr const char* kVariants[] = {"absent", "pulled", "prefetched", "tmpfs"};
+constexpr const char* kVariants[] = {"absent", "pulled", "prefetched", "passthrough", "tmpfs"};
 
 nlohmann::json OverTmpfs(const Latency& l, const Latency& tmpfs) {
   return {{"p50", Ratio(l.p50, tmpfs.p50)},
@@ -53,16 +57,23 @@ nlohmann::json RunHugeCase(const Options& o, const testing::TempDir& dir) {
   }
   {
     // As QEMU does: the file is open and mapped while the pull runs.
-    auto mount = StartMount(dir, *server, {.prefetch = true});
+    auto mount = StartMount(dir, *server, {.prefetch = true, .passthrough = false});
     Mapping mapping(mount->File(kRegion), huge);
     WaitComplete(*mount);
     WaitPushed(*mount);
     l["pulled"] = Summarize(TouchEach(mapping, offsets));
   }
   {
-    auto mount = StartMount(dir, *server, {});
+    auto mount = StartMount(dir, *server, {.passthrough = false});
     PrefetchAll(*mount);
     l["prefetched"] = touch(mount->File(kRegion));
+  }
+  {
+    auto mount = StartMount(dir, *server, {});
+    PrefetchAll(*mount);
+    const Mapping mapping(mount->File(kRegion), huge);
+    if (!Passthrough(*mount)) Fail("case 2: the complete region did not open in passthrough mode");
+    l["passthrough"] = Summarize(TouchEach(mapping, offsets));
   }
   {
     const ScratchFile copy = TmpfsCopy(image.path());
@@ -91,6 +102,7 @@ void PrintHugeCase(const nlohmann::json& r) {
       {"absent", "absent (--prefetch off)"},
       {"pulled", "all local: --prefetch on, after wait"},
       {"prefetched", "all local: prefetch cmd (FUSE READ floor)"},
+      {"passthrough", "all local: prefetch cmd, passthrough"},
       {"tmpfs", "tmpfs"}};
   for (const char* v : kVariants) {
     const nlohmann::json& x = r.at("over_tmpfs").at(v);

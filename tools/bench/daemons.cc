@@ -24,8 +24,10 @@ std::unique_ptr<testing::PageServerProcess> StartServer(const std::string& image
 std::unique_ptr<testing::MountProcess> StartMount(const testing::TempDir& dir,
                                                   const testing::PageServerProcess& server,
                                                   const MountSpec& spec) {
-  return Must(testing::MountProcess::Start(
-                  dir, {.source = server.url(), .store = spec.store, .prefetch = spec.prefetch}),
+  return Must(testing::MountProcess::Start(dir, {.source = server.url(),
+                                                 .store = spec.store,
+                                                 .prefetch = spec.prefetch,
+                                                 .passthrough = spec.passthrough}),
               "mounting");
 }
 
@@ -38,6 +40,21 @@ void WaitPushed(const testing::MountProcess& mount) {
     if (status.at("push").at("pending_runs").get<uint64_t>() == 0) return;
     absl::SleepFor(absl::Milliseconds(5));
   }
+}
+
+void WaitNoOpenFiles(const testing::MountProcess& mount) {
+  WaitPushed(mount);
+  for (;;) {
+    const nlohmann::json open = RegionStatus(mount).at("open_files");
+    if (open.at("cached").get<uint64_t>() == 0 && open.at("passthrough").get<uint64_t>() == 0) {
+      return;
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+}
+
+bool Passthrough(const testing::MountProcess& mount) {
+  return RegionStatus(mount).at("passthrough").get<bool>();
 }
 
 void PrefetchAll(const testing::MountProcess& mount) { MustCtl(mount, {"prefetch", kRegion}); }

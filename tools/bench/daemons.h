@@ -22,6 +22,9 @@ std::unique_ptr<testing::PageServerProcess> StartServer(const std::string& image
 struct MountSpec {
   bool prefetch = false;      // --prefetch on: the background pull runs
   std::string store = "mem";  // --store mem or a directory
+  // --passthrough on: a file opened once its region is complete maps the
+  // store directly; off keeps every file on the cached FUSE path.
+  bool passthrough = true;
 };
 std::unique_ptr<testing::MountProcess> StartMount(const testing::TempDir& dir,
                                                   const testing::PageServerProcess& server,
@@ -32,6 +35,12 @@ void WaitComplete(const testing::MountProcess& mount);
 // Waits until the page pusher has nothing queued (returns at once when
 // pushing is off).
 void WaitPushed(const testing::MountProcess& mount);
+// After WaitComplete: waits until the pusher is idle and no file of mem0 is
+// open any more (the pusher's helper lets go of its files when idle), so
+// that the next open may go passthrough.
+void WaitNoOpenFiles(const testing::MountProcess& mount);
+// Whether mem0's files open in passthrough mode now (its status).
+bool Passthrough(const testing::MountProcess& mount);
 // `lazyramctl prefetch mem0`: fetches the whole region at demand priority.
 void PrefetchAll(const testing::MountProcess& mount);
 
