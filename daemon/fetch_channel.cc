@@ -2,7 +2,6 @@
 
 #include <pthread.h>
 #include <sys/eventfd.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -14,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "daemon/errno_status.h"
 #include "daemon/log.h"
+#include "daemon/thread_priority.h"
 
 namespace lazyram {
 
@@ -97,10 +97,12 @@ absl::StatusOr<std::unique_ptr<FetchChannel>> FetchChannel::Start(
     pthread_setname_np(pthread_self(),
                        self->kind_ == Kind::kDemand ? "lazyram-demand" : "lazyram-fetch");
     // The pull gives way to faults, and to the guest, whenever both want a
-    // CPU.
-    if (self->kind_ == Kind::kBulk &&
-        setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), kBulkNice) != 0) {
-      LogWarning("cannot lower the priority of the bulk fetch thread: %s", std::strerror(errno));
+    // CPU; a fault's reply is handled as soon as it arrives.
+    absl::Status priority =
+        self->kind_ == Kind::kBulk ? MakeThreadBackground(kBulkNice) : MakeThreadLatencySensitive();
+    if (!priority.ok()) {
+      LogWarning("%s fetch thread keeps the default priority: %s", self->name(),
+                 priority.message());
     }
     absl::StatusOr<std::unique_ptr<IoRing>> ring = IoRing::Create(256);
     if (!ring.ok()) {
@@ -172,18 +174,23 @@ std::optional<FetchRequest> FetchChannel::Submit(FetchRequest request) {
   // The I/O thread has a recv armed (or arms it before it next sleeps);
   // only the reply needs it.
   const ssize_t n = send(fd, frame.data(), frame.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (shared_->after_direct_send) shared_->after_direct_send();
   absl::MutexLock lock(&mu_);
   Connection& c = conns_[0];
   c.send_inflight = false;
   if (!c.up || c.closing) {
     // Failed meanwhile: the request went back to the queue with the rest.
     WakeLocked();
-  } else if (n < static_cast<ssize_t>(frame.size())) {
+    return std::nullopt;
+  }
+  if (n < static_cast<ssize_t>(frame.size())) {
     // EAGAIN, a short send or a broken connection: the I/O thread sends
     // the rest ahead of what was queued since (or finds out it failed).
     c.out.insert(0, frame, n > 0 ? static_cast<size_t>(n) : 0);
-    WakeLocked();
   }
+  // Frames the I/O thread put out meanwhile did not go while this thread
+  // held the sending side: it must send them now.
+  if (!c.out.empty()) WakeLocked();
   return std::nullopt;
 }
 

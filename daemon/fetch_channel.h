@@ -28,6 +28,7 @@
 
 #include <atomic>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -64,6 +65,9 @@ struct FetchShared {
   std::atomic<uint64_t> fetch_timeouts{0};
   // A demand fetch timed out and nothing has arrived since.
   std::atomic<bool> failing_fast{false};
+  // Tests only: runs on a submitting thread between its direct send and
+  // giving the demand connection's sending side back.
+  std::function<void()> after_direct_send;
 };
 
 struct FetchRequest {

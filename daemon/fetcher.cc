@@ -28,6 +28,7 @@ Fetcher::Fetcher(Options options)
   shared_.connect_timeout = options_.connect_timeout;
   shared_.fetch_timeout = options_.fetch_timeout;
   shared_.room = options_.max_memory > buffers ? options_.max_memory - buffers : 0;
+  shared_.after_direct_send = options_.after_direct_send;
 }
 
 uint64_t Fetcher::MinMemory(int bulk_connections) {

@@ -53,6 +53,8 @@ class Fetcher : public PageSource {
     std::shared_ptr<const AuthKey> auth_key;                  // null: no authentication
     absl::Duration fetch_timeout = absl::InfiniteDuration();  // for demand fetches
     uint64_t max_memory = uint64_t{64} << 20;  // at least MinMemory(bulk_connections)
+    // Tests only: see FetchShared::after_direct_send.
+    std::function<void()> after_direct_send;
   };
   struct Stats {
     uint64_t checksum_errors = 0;

@@ -107,9 +107,11 @@ class FetcherTest : public ::testing::Test {
 TEST_F(FetcherTest, DemandAndBulkFetchesFromManyThreadsReturnTheServersBytes) {
   std::unique_ptr<Fetcher> fetcher = Connect();
   ASSERT_NE(fetcher, nullptr);
-  // Bulk runs of 256 pages over the whole image, while four threads fetch
-  // single pages and 16-page runs on demand (sent straight from each
-  // thread, racing each other and the I/O thread).
+  // Bulk runs of 256 pages over the whole image, while eight threads fetch
+  // single pages and 16-page runs on demand: sent straight from each thread
+  // when the connection's sending side is free, queued for the I/O thread
+  // when another holds it — a fetch lost between the two (never sent, or
+  // its reply never taken) fails the test after kWait.
   std::vector<std::unique_ptr<Result>> bulk;
   for (uint64_t first = 0; first < kPages; first += 256) {
     bulk.push_back(std::make_unique<Result>());
@@ -117,10 +119,10 @@ TEST_F(FetcherTest, DemandAndBulkFetchesFromManyThreadsReturnTheServersBytes) {
   }
   std::vector<std::thread> threads;
   std::atomic<int> demand_errors{0};
-  for (int t = 0; t < 4; ++t) {
+  for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&, t] {
       std::mt19937 rng(t);
-      for (int i = 0; i < 200; ++i) {
+      for (int i = 0; i < 500; ++i) {
         const uint32_t count = i % 4 == 0 ? 16 : 1;
         const uint64_t first = rng() % (kPages - count);
         Result result;
@@ -144,6 +146,43 @@ TEST_F(FetcherTest, DemandAndBulkFetchesFromManyThreadsReturnTheServersBytes) {
   // server's demand loop; the bulk ones stayed on the main loop.
   EXPECT_EQ(server_->demand_connections(), 1);
   EXPECT_EQ(fetcher->state(), SourceState::kConnected);
+}
+
+// A request queued while another thread holds the demand connection's
+// sending side goes out once that thread gives it back — even when the
+// reply to that thread's own request has been handled meanwhile, so that
+// nothing else is left to wake the I/O thread (a fault used to hang so).
+TEST_F(FetcherTest, RequestQueuedDuringADirectSendIsSentAfterIt) {
+  absl::Notification in_send, release;
+  std::atomic<int> calls{0};
+  absl::StatusOr<std::unique_ptr<Fetcher>> connected =
+      Fetcher::Connect({.addresses = {server_->address()}, .after_direct_send = [&] {
+                          if (calls++ == 0) {
+                            in_send.Notify();
+                            release.WaitForNotification();
+                          }
+                        }});
+  ASSERT_TRUE(connected.ok()) << connected.status();
+  Fetcher& fetcher = **connected;
+  Result first, second;
+  std::thread sender([&] { FetchAndCheck(fetcher, 3, 1, Priority::kDemand, &first); });
+  ASSERT_TRUE(in_send.WaitForNotificationWithTimeout(kWait));
+  // The first request is on the wire and its thread still holds the
+  // sending side: the second is queued, and put out by the I/O thread
+  // (charged) after the first's reply was handled (refunded).
+  ASSERT_TRUE(first.done.WaitForNotificationWithTimeout(kWait));
+  FetchAndCheck(fetcher, 7, 1, Priority::kDemand, &second);
+  const uint64_t one = FetchChannel::ReplyCost(1);
+  const absl::Time deadline = absl::Now() + kWait;
+  while (fetcher.stats().memory_inflight < one && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_EQ(fetcher.stats().memory_inflight, one);
+  release.Notify();
+  sender.join();
+  ASSERT_TRUE(second.done.WaitForNotificationWithTimeout(absl::Seconds(10)))
+      << "the queued request was never sent";
+  EXPECT_EQ(first.errors + second.errors, 0);
 }
 
 TEST_F(FetcherTest, FetchesAfterDetachOrShutdownAreRefused) {

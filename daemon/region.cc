@@ -173,8 +173,12 @@ void Region::MakeLocal(uint64_t offset, uint64_t length, Priority priority, bool
   if (!runs.empty() && fault) {
     fault_hint_.store(runs.back().first + runs.back().count, std::memory_order_relaxed);
   }
-  for (const Run& run : runs) StartFetch(run, priority, fault);
+  // Every awaited page is registered: drop the caller's hold before the
+  // fetches start, so that the thread landing the last page answers at
+  // once instead of leaving that to this one (which may not get a CPU
+  // again for a while after its send). `waiter` may be gone after this.
   Release({waiter}, absl::OkStatus());
+  for (const Run& run : runs) StartFetch(run, priority, fault);
 }
 
 void Region::StartFetch(Run run, Priority priority, bool fault) {

@@ -3,7 +3,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/eventfd.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -19,6 +18,7 @@
 #include "daemon/auth_key.h"
 #include "daemon/log.h"
 #include "daemon/net_address.h"
+#include "daemon/thread_priority.h"
 
 namespace lazyram {
 
@@ -147,12 +147,15 @@ absl::Status ServerLoop::Run() {
   absl::StatusOr<std::unique_ptr<IoRing>> ring = IoRing::Create(256);
   if (!ring.ok()) return ring.status();
   ring_ = *std::move(ring);
+  // Bulk transfers give way to the demand loop (and to whatever else this
+  // host runs) whenever both want a CPU; a demand READ is served as soon
+  // as it arrives.
+  if (absl::Status s =
+          role_ == Role::kMain ? MakeThreadBackground(kBulkNice) : MakeThreadLatencySensitive();
+      !s.ok()) {
+    LogWarning("serving thread keeps the default priority: %s", s.message());
+  }
   if (role_ == Role::kMain) {
-    // Bulk transfers give way to the demand loop (and to whatever else
-    // this host runs) whenever both want a CPU.
-    if (setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), kBulkNice) != 0) {
-      LogWarning("cannot lower the priority of the bulk serving thread: %s", std::strerror(errno));
-    }
     ArmAccept();
     ArmTick();
   }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "daemon/log.h"
+#include "daemon/thread_priority.h"
 #include "fusefs/filesystem.h"
 #include "fusefs/status_errno.h"
 
@@ -210,6 +211,19 @@ class ScopedNice {
   const bool enabled_;
 };
 
+// libfuse starts workers as it needs them; each becomes latency sensitive
+// (a short scheduler slice) the first time it serves a READ or WRITE: a
+// faulting guest waits on it.
+void TuneWorker() {
+  thread_local const bool tuned = [] {
+    if (absl::Status s = MakeThreadLatencySensitive(); !s.ok()) {
+      LogWarning("FUSE worker keeps the default priority: %s", s.message());
+    }
+    return true;
+  }();
+  (void)tuned;
+}
+
 // A READ the page pusher's helper started (the push, not a consumer):
 // served at background priority, so that the worker copying it gives way
 // to the threads a fault is waiting on.
@@ -225,6 +239,7 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
   const uint64_t region_size = region->size();
   const uint64_t offset = static_cast<uint64_t>(off);
   if (offset >= region_size || size == 0) return (void)fuse_reply_buf(req, nullptr, 0);
+  TuneWorker();
   const size_t length = static_cast<size_t>(std::min<uint64_t>(size, region_size - offset));
   const ScopedNice background(IsPushRead(req));
   // Answered from whichever thread makes the pages local; this worker
@@ -251,6 +266,7 @@ void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t o
   if (Fs(req)->engine()->read_only() || ViewsDir::Owns(ino)) {
     return (void)fuse_reply_err(req, EROFS);
   }
+  TuneWorker();
   Region* region = Fs(req)->engine()->region(RegionOf(fi));
   region->Write(static_cast<uint64_t>(off), std::span(reinterpret_cast<const uint8_t*>(buf), size),
                 [req, size](absl::Status s) {

@@ -1,0 +1,53 @@
+#include "daemon/thread_priority.h"
+
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+
+#include "daemon/errno_status.h"
+
+namespace lazyram {
+namespace {
+
+// struct sched_attr of sched_setattr(2); glibc 2.36 has no wrapper, and
+// <linux/sched/types.h> clashes with <sched.h>.
+struct SchedAttr {
+  uint32_t size;
+  uint32_t sched_policy;
+  uint64_t sched_flags;
+  int32_t sched_nice;
+  uint32_t sched_priority;
+  uint64_t sched_runtime;
+  uint64_t sched_deadline;
+  uint64_t sched_period;
+};
+
+}  // namespace
+
+absl::Status MakeThreadLatencySensitive() {
+  errno = 0;
+  const int nice = getpriority(PRIO_PROCESS, static_cast<id_t>(gettid()));
+  if (errno != 0) return ErrnoStatus(errno, "getpriority");
+  SchedAttr attr{};
+  attr.size = sizeof attr;
+  attr.sched_policy = SCHED_OTHER;
+  attr.sched_nice = nice;
+  // The slice, in ns, of a SCHED_OTHER thread (Linux 6.12+; clamped by the
+  // kernel to 0.1 .. 100 ms).
+  attr.sched_runtime = 100'000;
+  if (syscall(SYS_sched_setattr, 0, &attr, 0) != 0) return ErrnoStatus(errno, "sched_setattr");
+  return absl::OkStatus();
+}
+
+absl::Status MakeThreadBackground(int nice) {
+  if (setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), nice) != 0) {
+    return ErrnoStatus(errno, "setpriority");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace lazyram
