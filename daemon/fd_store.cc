@@ -62,8 +62,9 @@ absl::Status FdStore::Read(uint64_t offset, std::span<uint8_t> out) {
 absl::Status FdStore::Write(uint64_t offset, std::span<const uint8_t> data) {
   size_t done = 0;
   while (done < data.size()) {
-    ssize_t n = pwrite(fd_.get(), data.data() + done, data.size() - done,
-                       static_cast<off_t>(offset + done));
+    ssize_t n =
+        pwrite(fd_.get(), data.data() + done, std::min<size_t>(data.size() - done, 64 << 10),
+               static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoStatus(errno, absl::StrCat("writing ", description_));

@@ -34,6 +34,14 @@ void Puller::OnPulled(const absl::Status& status) {
   }
 }
 
+bool Puller::RecentFault() const {
+  const absl::Time now = absl::Now();
+  for (Region* region : regions_) {
+    if (now - region->last_fault() < options_.fault_quiet) return true;
+  }
+  return false;
+}
+
 void Puller::Run() {
   std::vector<uint64_t> cursors(regions_.size(), 0);
   size_t next_region = 0;
@@ -44,6 +52,12 @@ void Puller::Run() {
         return stop_ || inflight_ < options_.max_inflight;
       };
       mu_.Await(absl::Condition(&can_go));
+      // While the consumer is faulting on absent pages, one request in
+      // flight (see the header).
+      while (!stop_ && inflight_ >= 1 && RecentFault()) {
+        mu_.AwaitWithTimeout(absl::Condition(&stop_),
+                             std::min(options_.fault_quiet / 2, absl::Milliseconds(50)));
+      }
       if (stop_) break;
       if (failed_) {
         // A source that refuses reads is not hammered: wait a little.
@@ -58,8 +72,11 @@ void Puller::Run() {
       const size_t r = (next_region + i) % regions_.size();
       Region* region = regions_[r];
       if (uint64_t hint = region->TakeFaultHint(); hint != UINT64_MAX) cursors[r] = hint;
-      claimed = region->PullNext(&cursors[r], options_.pages_per_request,
-                                 [this](absl::Status s) { OnPulled(s); });
+      // Smaller runs while the consumer faults: less to land at once.
+      const uint32_t pages =
+          RecentFault() ? std::min(options_.pages_per_request, options_.pages_while_faulting)
+                        : options_.pages_per_request;
+      claimed = region->PullNext(&cursors[r], pages, [this](absl::Status s) { OnPulled(s); });
       if (claimed) next_region = r;  // stay on this region: sequential runs
     }
     if (claimed) continue;

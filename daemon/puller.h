@@ -4,6 +4,12 @@
 // fetches in flight. When every page of every region is local it calls
 // `on_complete` once (the engine then detaches the source) and stops.
 //
+// It yields to faults: while a consumer faulted on absent pages within the
+// last `fault_quiet`, at most one bulk fetch of at most
+// `pages_while_faulting` pages is in flight. Landing pulled pages
+// (checksum, store write) and serving them takes CPU on both hosts; on a
+// small machine that is the CPU a fault waits for.
+//
 // Thread-safety: constructed and destroyed by one owner; the destructor
 // stops the thread and waits for the pulls in flight.
 #ifndef LAZYRAM_DAEMON_PULLER_H_
@@ -15,6 +21,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "daemon/region.h"
 
 namespace lazyram {
@@ -24,6 +31,8 @@ class Puller {
   struct Options {
     int max_inflight = 8;  // bulk requests in flight
     uint32_t pages_per_request = protocol::kMaxPagesPerRequest;
+    absl::Duration fault_quiet = absl::Milliseconds(5);
+    uint32_t pages_while_faulting = 64;
   };
 
   Puller(std::vector<Region*> regions, Options options, absl::AnyInvocable<void()> on_complete);
@@ -36,6 +45,8 @@ class Puller {
 
  private:
   void Run();
+  // A demand fault fetched pages within the last fault_quiet.
+  bool RecentFault() const;
   void OnPulled(const absl::Status& status);
 
   const std::vector<Region*> regions_;

@@ -172,6 +172,7 @@ void Region::MakeLocal(uint64_t offset, uint64_t length, Priority priority, bool
   }
   if (!runs.empty() && fault) {
     fault_hint_.store(runs.back().first + runs.back().count, std::memory_order_relaxed);
+    last_fault_ns_.store(absl::GetCurrentTimeNanos(), std::memory_order_relaxed);
   }
   // Every awaited page is registered: drop the caller's hold before the
   // fetches start, so that the thread landing the last page answers at
@@ -192,60 +193,67 @@ void Region::StartFetch(Run run, Priority priority, bool fault) {
 
 void Region::Land(Run run, absl::StatusOr<FetchedPages> pages, PageState claimed, bool fault,
                   absl::Time started) {
-  std::vector<std::pair<uint64_t, PageState>> changes;
-  changes.reserve(run.count);
   absl::Status error = pages.status();
   const uint64_t end = run.first + run.count;
-  LockStripes(run.first, end);
-  if (error.ok()) {
-    bytes_fetched_.fetch_add(pages->payload.size(), std::memory_order_relaxed);
-    // Write each stretch of consecutive data pages that still want their
-    // bytes with one store write; skip pages written or punched meanwhile.
-    size_t data_index = 0;
-    uint64_t stretch_first = 0;
-    size_t stretch_len = 0, stretch_data = 0;
-    auto flush = [&] {
-      if (stretch_len == 0 || !error.ok()) return;
-      error =
-          store_->Write(stretch_first * kPageSize,
-                        pages->payload.subspan(stretch_data * kPageSize, stretch_len * kPageSize));
-      stretch_len = 0;
-    };
-    for (uint32_t i = 0; i < run.count; ++i) {
-      const uint64_t p = run.first + i;
-      const bool is_data = pages->flags[i] == static_cast<uint8_t>(protocol::PageFlag::kData);
-      const PageState s = map_.Get(p);
-      const bool wanted = s == PageState::kFetching || s == PageState::kPulling;
-      if (wanted && is_data) {
-        if (stretch_len == 0) {
-          stretch_first = p;
-          stretch_data = data_index;
-        }
-        ++stretch_len;
-        changes.emplace_back(p, PageState::kPresent);
-      } else {
-        flush();
-        if (wanted) changes.emplace_back(p, PageState::kZero);
-      }
-      if (is_data) ++data_index;
-    }
-    flush();
-  }
-  if (!error.ok()) {
-    // The pages become absent again so a later read retries them — but only
-    // those still waiting on this fetch: a failed pull leaves alone a page
-    // that a demand fetch asked for again meanwhile.
+  if (error.ok()) bytes_fetched_.fetch_add(pages->payload.size(), std::memory_order_relaxed);
+  // A chunk at a time: the stripe locks are held for one chunk's store
+  // write, not a megabyte's, so a demand fetch landing in the same stripe
+  // waits microseconds behind the pull, not a millisecond.
+  std::vector<std::pair<uint64_t, PageState>> changes;
+  size_t data_index = 0;  // of the next data page in the payload
+  for (uint64_t chunk = run.first; chunk < end; chunk += kLandChunk) {
+    const uint64_t chunk_end = std::min(end, chunk + kLandChunk);
     changes.clear();
-    for (uint64_t p = run.first; p < end; ++p) {
-      if (map_.Get(p) == claimed) changes.emplace_back(p, PageState::kAbsent);
+    LockStripes(chunk, chunk_end);
+    if (error.ok()) {
+      // Write each stretch of consecutive data pages that still want their
+      // bytes with one store write; skip pages written or punched meanwhile.
+      uint64_t stretch_first = 0;
+      size_t stretch_len = 0, stretch_data = 0;
+      auto flush = [&] {
+        if (stretch_len == 0 || !error.ok()) return;
+        error = store_->Write(
+            stretch_first * kPageSize,
+            pages->payload.subspan(stretch_data * kPageSize, stretch_len * kPageSize));
+        stretch_len = 0;
+      };
+      for (uint64_t p = chunk; p < chunk_end; ++p) {
+        const bool is_data =
+            pages->flags[p - run.first] == static_cast<uint8_t>(protocol::PageFlag::kData);
+        const PageState s = map_.Get(p);
+        const bool wanted = s == PageState::kFetching || s == PageState::kPulling;
+        if (wanted && is_data) {
+          if (stretch_len == 0) {
+            stretch_first = p;
+            stretch_data = data_index;
+          }
+          ++stretch_len;
+          changes.emplace_back(p, PageState::kPresent);
+        } else {
+          flush();
+          if (wanted) changes.emplace_back(p, PageState::kZero);
+        }
+        if (is_data) ++data_index;
+      }
+      flush();
     }
+    if (!error.ok()) {
+      // The pages become absent again so a later read retries them — but
+      // only those still waiting on this fetch: a failed pull leaves alone
+      // a page that a demand fetch asked for again meanwhile. Chunks
+      // already published keep their (written) pages.
+      changes.clear();
+      for (uint64_t p = chunk; p < chunk_end; ++p) {
+        if (map_.Get(p) == claimed) changes.emplace_back(p, PageState::kAbsent);
+      }
+    }
+    std::vector<Waiter*> woken = Publish(changes);
+    UnlockStripes(chunk, chunk_end);
+    Release(std::move(woken), error);
   }
-  std::vector<Waiter*> woken = Publish(changes);
-  UnlockStripes(run.first, end);
   if (fault && error.ok()) {
     demand_latency_.Record(static_cast<uint64_t>(absl::ToInt64Microseconds(absl::Now() - started)));
   }
-  Release(std::move(woken), error);
   if (claimed == PageState::kPulling && error.ok()) {
     absl::MutexLock lock(&listener_mu_);
     if (pull_listener_) pull_listener_(run.first, run.count);

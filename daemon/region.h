@@ -118,6 +118,12 @@ class Region {
   // Page after the most recent demand fault, for the puller to start near;
   // UINT64_MAX if none since the last call.
   uint64_t TakeFaultHint() { return fault_hint_.exchange(UINT64_MAX); }
+  // When the last demand fault that had to fetch started (InfinitePast:
+  // none yet).
+  absl::Time last_fault() const {
+    const int64_t ns = last_fault_ns_.load(std::memory_order_relaxed);
+    return ns == 0 ? absl::InfinitePast() : absl::FromUnixNanos(ns);
+  }
 
   bool complete() const;
   RegionStats Stats() const;
@@ -147,6 +153,8 @@ class Region {
   };
   static constexpr int kStripes = 64;
   static constexpr int kStripeShift = 9;  // pages per stripe = 2 MiB
+  // Pages landed under one hold of the stripe locks.
+  static constexpr uint64_t kLandChunk = 16;
 
   Region(Options options, std::unique_ptr<Store> store, PageMap map);
   // The map of a new region: its base state chosen, zero extents marked.
@@ -203,6 +211,7 @@ class Region {
   PullListener pull_listener_ ABSL_GUARDED_BY(listener_mu_);
 
   std::atomic<uint64_t> fault_hint_{UINT64_MAX};
+  std::atomic<int64_t> last_fault_ns_{0};
   std::atomic<uint64_t> bytes_fetched_{0};
   std::atomic<uint64_t> demand_fetches_{0};
   LatencyHistogram demand_latency_;

@@ -26,28 +26,34 @@ struct SchedAttr {
   uint64_t sched_period;
 };
 
+// The kernel's minimum slice.
+constexpr uint64_t kShortSliceNs = 100'000;
+
+}  // namespace
+
+namespace {
+
+// Sets the calling thread's nice and a SCHED_OTHER slice of `slice_ns`.
+absl::Status SetNiceAndSlice(int nice, uint64_t slice_ns) {
+  SchedAttr attr{};
+  attr.size = sizeof attr;
+  attr.sched_policy = SCHED_OTHER;
+  attr.sched_nice = nice;
+  // Linux 6.12+: the slice of a SCHED_OTHER thread (0.1 .. 100 ms).
+  attr.sched_runtime = slice_ns;
+  if (syscall(SYS_sched_setattr, 0, &attr, 0) != 0) return ErrnoStatus(errno, "sched_setattr");
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status MakeThreadLatencySensitive() {
   errno = 0;
   const int nice = getpriority(PRIO_PROCESS, static_cast<id_t>(gettid()));
   if (errno != 0) return ErrnoStatus(errno, "getpriority");
-  SchedAttr attr{};
-  attr.size = sizeof attr;
-  attr.sched_policy = SCHED_OTHER;
-  attr.sched_nice = nice;
-  // The slice, in ns, of a SCHED_OTHER thread (Linux 6.12+; clamped by the
-  // kernel to 0.1 .. 100 ms).
-  attr.sched_runtime = 100'000;
-  if (syscall(SYS_sched_setattr, 0, &attr, 0) != 0) return ErrnoStatus(errno, "sched_setattr");
-  return absl::OkStatus();
+  return SetNiceAndSlice(nice, kShortSliceNs);
 }
 
-absl::Status MakeThreadBackground(int nice) {
-  if (setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), nice) != 0) {
-    return ErrnoStatus(errno, "setpriority");
-  }
-  return absl::OkStatus();
-}
+absl::Status MakeThreadBackground(int nice) { return SetNiceAndSlice(nice, kShortSliceNs); }
 
 }  // namespace lazyram

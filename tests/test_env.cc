@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -64,13 +65,23 @@ void KillAndReap(pid_t pid) {
 }
 
 // fork + exec with stdin from /dev/null; out_fd/err_fd (if >= 0) become
-// the child's stdout/stderr.
-pid_t Spawn(const std::vector<std::string>& argv, int out_fd, int err_fd) {
+// the child's stdout/stderr. `own_session`: the child gets a session of its
+// own (and dies with this process): the page server stands for another
+// host, so it must not share this process's autogroup, whose CPU share the
+// scheduler divides among its members.
+pid_t Spawn(const std::vector<std::string>& argv, int out_fd, int err_fd,
+            bool own_session = false) {
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid == 0) {
+    if (own_session) {
+      setsid();
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);
+    }
     int null_fd = open("/dev/null", O_RDONLY);
     dup2(null_fd, STDIN_FILENO);
     if (out_fd >= 0) dup2(out_fd, STDOUT_FILENO);
@@ -207,7 +218,7 @@ absl::StatusOr<std::unique_ptr<PageServerProcess>> PageServerProcess::StartOnce(
   if (!options.log_path.empty()) {
     log_fd = open(options.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   }
-  server->pid_ = Spawn(argv, out[1], log_fd);
+  server->pid_ = Spawn(argv, out[1], log_fd, /*own_session=*/true);
   if (log_fd >= 0) close(log_fd);
   close(out[1]);
   std::string line;
