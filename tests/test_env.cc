@@ -64,6 +64,29 @@ void KillAndReap(pid_t pid) {
   WaitFor(pid, absl::Seconds(10), &code);
 }
 
+// One line per thread of `pid`: its name, state and the kernel function it
+// waits in, then its kernel stack when readable.
+std::string ThreadReport(pid_t pid) {
+  std::string report;
+  std::error_code ignored;
+  for (const auto& task :
+       std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/task"), ignored)) {
+    auto slurp = [&](const char* file) {
+      std::ifstream in(task.path() / file);
+      std::stringstream ss;
+      ss << in.rdbuf();
+      std::string s = ss.str();
+      while (!s.empty() && s.back() == '\n') s.pop_back();
+      return s;
+    };
+    absl::StrAppend(&report, "  thread ", task.path().filename().string(), " ", slurp("comm"),
+                    ": wchan ", slurp("wchan"), "\n");
+    const std::string stack = slurp("stack");
+    if (!stack.empty()) absl::StrAppend(&report, stack, "\n");
+  }
+  return report;
+}
+
 // fork + exec with stdin from /dev/null; out_fd/err_fd (if >= 0) become
 // the child's stdout/stderr. `own_session`: the child gets a session of its
 // own (and dies with this process): the page server stands for another
@@ -384,6 +407,9 @@ int MountProcess::Unmount() {
   RunResult r = Ctl({"unmount"}, absl::Seconds(30));
   int code = -1;
   if (r.exit_code != 0 || !WaitFor(pid_, absl::Seconds(30), &code)) {
+    // What the daemon was doing, for whoever reads the failed test.
+    std::fprintf(stderr, "unmount failed (lazyramctl: exit %d, %s)\n%s", r.exit_code,
+                 r.err.c_str(), ThreadReport(pid_).c_str());
     ForceCleanup();
     return -1;
   }
