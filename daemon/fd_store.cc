@@ -60,10 +60,13 @@ absl::Status FdStore::Read(uint64_t offset, std::span<uint8_t> out) {
 }
 
 absl::Status FdStore::Write(uint64_t offset, std::span<const uint8_t> data) {
+  // A write holds the file's inode lock throughout: a fault's 4 KiB write
+  // to the same memfd waits behind at most this much of a pulled run.
+  constexpr size_t kMaxWrite = 256 << 10;
   size_t done = 0;
   while (done < data.size()) {
     ssize_t n =
-        pwrite(fd_.get(), data.data() + done, std::min<size_t>(data.size() - done, 64 << 10),
+        pwrite(fd_.get(), data.data() + done, std::min<size_t>(data.size() - done, kMaxWrite),
                static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;

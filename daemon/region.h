@@ -154,7 +154,7 @@ class Region {
   static constexpr int kStripes = 64;
   static constexpr int kStripeShift = 9;  // pages per stripe = 2 MiB
   // Pages landed under one hold of the stripe locks.
-  static constexpr uint64_t kLandChunk = 16;
+  static constexpr uint64_t kLandChunk = 64;
 
   Region(Options options, std::unique_ptr<Store> store, PageMap map);
   // The map of a new region: its base state chosen, zero extents marked.
