@@ -189,8 +189,9 @@ void Engine::StartPull() {
     absl::MutexLock lock(&mu_);
     for (auto& r : regions_) regions.push_back(r.get());
   }
-  puller_ =
-      std::make_unique<Puller>(std::move(regions), Puller::Options{}, [this] { OnPullComplete(); });
+  puller_ = std::make_unique<Puller>(std::move(regions),
+                                     Puller::Options{.fault_quiet = options_.pull_yield},
+                                     [this] { OnPullComplete(); });
 }
 
 void Engine::OnPullComplete() {

@@ -61,6 +61,8 @@ class Engine : public ControlHandler {
     // With store_dir: how often the store's bytes and page states are made
     // durable (docs/store.md); zero: only at a clean shutdown.
     absl::Duration checkpoint_interval = absl::Seconds(30);
+    // Puller::Options::fault_quiet: how long the pull yields after a fault.
+    absl::Duration pull_yield = Puller::Options{}.fault_quiet;
   };
 
   // Dials the source (failing with its error if it cannot be reached) and

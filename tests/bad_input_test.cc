@@ -400,6 +400,11 @@ TEST_F(BadInputTest, BadPrefetchValue) {
   ExpectOneErrorLine(Mount(mountpoint_, {"--prefetch", "maybe"}), {"maybe"});
 }
 
+TEST_F(BadInputTest, BadPullYield) {
+  ExpectOneErrorLine(Mount(mountpoint_, {"--pull-yield", "-1"}), {"--pull-yield"});
+  ExpectOneErrorLine(Mount(mountpoint_, {"--pull-yield", "soon"}), {"--pull-yield"});
+}
+
 // --- lazyramctl --------------------------------------------------------------
 
 TEST_F(BadInputTest, CtlWithoutControl) {

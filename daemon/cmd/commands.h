@@ -37,6 +37,7 @@ struct MountOptions {
   bool foreground = false;
   bool allow_other = false;
   double checkpoint_interval = 30;  // seconds; 0: only at a clean shutdown
+  double pull_yield_ms = 5;         // the pull yields for this long after a fault; 0: never
   std::optional<std::string> auth_key_file;
   std::string push = "on";         // push pulled pages into the page cache
   std::string passthrough = "on";  // complete regions open in FUSE passthrough mode

@@ -107,6 +107,13 @@ int main(int argc, char** argv) {
                    "killed daemon without it; see docs/store.md")
       ->check(CLI::Range(0.0, 86400.0))
       ->capture_default_str();
+  mount_cmd
+      ->add_option("--pull-yield", mount.pull_yield_ms,
+                   "MS: after a guest faults on an absent page, the background pull keeps one "
+                   "small fetch in flight for this long, leaving CPUs and the link to faults; "
+                   "0: the pull always runs at full speed (docs/performance.md)")
+      ->check(CLI::Range(0.0, 60000.0))
+      ->capture_default_str();
   mount_cmd->add_flag("--foreground", mount.foreground, "Stay attached; unmount on SIGINT/SIGTERM");
   mount_cmd->add_flag("--allow-other", mount.allow_other, "Let other users access the mount");
   mount_cmd->add_option("--auth-key-file", mount.auth_key_file,

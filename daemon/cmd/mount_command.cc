@@ -104,6 +104,7 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
                                 : false;
   engine_options.read_only = options.read_only;
   engine_options.checkpoint_interval = absl::Seconds(options.checkpoint_interval);
+  engine_options.pull_yield = absl::Milliseconds(options.pull_yield_ms);
   if (options.machine.has_value()) {
     engine_options.machine = *GuestLayout::ParseMachine(*options.machine);  // checked by main.cc
   }

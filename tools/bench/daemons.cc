@@ -24,11 +24,14 @@ std::unique_ptr<testing::PageServerProcess> StartServer(const std::string& image
 std::unique_ptr<testing::MountProcess> StartMount(const testing::TempDir& dir,
                                                   const testing::PageServerProcess& server,
                                                   const MountSpec& spec) {
-  return Must(testing::MountProcess::Start(dir, {.source = server.url(),
-                                                 .store = spec.store,
-                                                 .prefetch = spec.prefetch,
-                                                 .passthrough = spec.passthrough}),
-              "mounting");
+  testing::MountProcess::Options options{.source = server.url(),
+                                         .store = spec.store,
+                                         .prefetch = spec.prefetch,
+                                         .passthrough = spec.passthrough};
+  if (spec.pull_yield_ms.has_value()) {
+    options.extra_args = {"--pull-yield", std::to_string(*spec.pull_yield_ms)};
+  }
+  return Must(testing::MountProcess::Start(dir, options), "mounting");
 }
 
 void WaitComplete(const testing::MountProcess& mount) { MustCtl(mount, {"wait"}); }

@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "tests/test_env.h"
@@ -25,6 +26,8 @@ struct MountSpec {
   // --passthrough on: a file opened once its region is complete maps the
   // store directly; off keeps every file on the cached FUSE path.
   bool passthrough = true;
+  // --pull-yield MS; unset: the daemon's default.
+  std::optional<double> pull_yield_ms;
 };
 std::unique_ptr<testing::MountProcess> StartMount(const testing::TempDir& dir,
                                                   const testing::PageServerProcess& server,
