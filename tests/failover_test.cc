@@ -7,6 +7,7 @@
 // it verified.
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -633,9 +634,14 @@ class NetnsServer {
     // A non-loopback --listen needs a key or --insecure (tests/security_test.cc
     // covers the key; here the link is the subject).
     const std::vector<std::string> argv = {
-        link.ip(),      "netns", "exec",      link.ns(),
         LazyramdPath(), "serve", "--listen",  absl::StrCat(link.ns_ip(), ":0"),
         "--region",     region,  "--insecure"};
+    // Only the network namespace is entered (setns), not `ip netns exec`,
+    // which also unshares a mount namespace: with this host's private mount
+    // propagation that copy would keep every FUSE mount that other tests
+    // have up alive after they unmount it, and their daemons would wait for
+    // the copy to go (seen: an unmount timing out in security_test).
+    const std::string netns_path = absl::StrCat("/run/netns/", link.ns());
     std::vector<char*> args;
     for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -645,6 +651,8 @@ class NetnsServer {
     auto server = std::unique_ptr<NetnsServer>(new NetnsServer);
     server->pid_ = fork();
     if (server->pid_ == 0) {
+      const int ns = open(netns_path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (ns < 0 || setns(ns, CLONE_NEWNET) != 0) _exit(126);
       dup2(out[1], STDOUT_FILENO);
       execv(args[0], args.data());
       _exit(127);

@@ -408,8 +408,32 @@ int MountProcess::Unmount() {
   int code = -1;
   if (r.exit_code != 0 || !WaitFor(pid_, absl::Seconds(30), &code)) {
     // What the daemon was doing, for whoever reads the failed test.
-    std::fprintf(stderr, "unmount failed (lazyramctl: exit %d, %s)\n%s", r.exit_code,
-                 r.err.c_str(), ThreadReport(pid_).c_str());
+    std::fprintf(stderr, "unmount failed (lazyramctl: exit %d, %s)\n%s", r.exit_code, r.err.c_str(),
+                 ThreadReport(pid_).c_str());
+    // User-space stacks, when gdb is there.
+    if (access("/usr/bin/gdb", X_OK) == 0) {
+      RunResult bt = Run(
+          {"/usr/bin/gdb", "-p", std::to_string(pid_), "-batch", "-ex", "thread apply all bt 12"},
+          absl::Seconds(60));
+      std::fprintf(stderr, "%s\n", bt.out.c_str());
+    }
+    // Its children too (the page pusher's helper).
+    std::error_code ignored;
+    for (const auto& proc : std::filesystem::directory_iterator("/proc", ignored)) {
+      std::ifstream stat(proc.path() / "stat");
+      std::string line;
+      std::getline(stat, line);
+      const size_t close = line.rfind(')');
+      if (close == std::string::npos) continue;
+      std::vector<std::string> fields = absl::StrSplit(line.substr(close + 2), ' ');
+      int ppid = 0;
+      if (fields.size() > 1 && absl::SimpleAtoi(fields[1], &ppid) && ppid == pid_) {
+        int child = 0;
+        if (absl::SimpleAtoi(proc.path().filename().string(), &child)) {
+          std::fprintf(stderr, "child %d:\n%s", child, ThreadReport(child).c_str());
+        }
+      }
+    }
     ForceCleanup();
     return -1;
   }

@@ -140,7 +140,16 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
   auto closed = std::make_shared<Closed>();
   (*engine)->SetUnmountHandler([filesystem, closed] {
     if (absl::Status s = filesystem->Unmount(/*lazy=*/false); !s.ok()) return s;
-    closed->done.WaitForNotification();
+    // The session ends when the kernel lets go of the filesystem. A copy of
+    // the mount in another mount namespace (one unshared while this was
+    // mounted, with private propagation) keeps it — and its users — alive:
+    // say so rather than wait in silence.
+    if (!closed->done.WaitForNotificationWithTimeout(absl::Seconds(10))) {
+      LogWarning(
+          "unmounted here, but the filesystem is still mounted in another mount namespace; "
+          "serving it until that goes");
+      closed->done.WaitForNotification();
+    }
     return closed->status;
   });
 
