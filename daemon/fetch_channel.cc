@@ -32,8 +32,6 @@ constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
 // silent (host gone, link cut) never closes its connections itself. With
 // one source there is nowhere better to go, so it is waited for.
 constexpr absl::Duration kStallTimeout = absl::Seconds(10);
-// Nice value of the bulk thread.
-constexpr int kBulkNice = 10;
 // Bytes per recv on a bulk connection. The copy runs inline in
 // io_uring_enter, where this kernel (preempt=none) does not switch to a
 // woken thread: a recv of megabytes would hold a CPU that the demand thread
@@ -99,7 +97,7 @@ absl::StatusOr<std::unique_ptr<FetchChannel>> FetchChannel::Start(
     // The pull gives way to faults, and to the guest, whenever both want a
     // CPU; a fault's reply is handled as soon as it arrives.
     absl::Status priority =
-        self->kind_ == Kind::kBulk ? MakeThreadBackground(kBulkNice) : MakeThreadLatencySensitive();
+        self->kind_ == Kind::kBulk ? MakeThreadBackground() : MakeThreadLatencySensitive();
     if (!priority.ok()) {
       LogWarning("%s fetch thread keeps the default priority: %s", self->name(),
                  priority.message());

@@ -41,8 +41,6 @@ constexpr size_t kMaxSendBytes = 256 * 1024;
 // its ERROR and hang up before it is closed; closing with its HELLO still
 // unread would reset the connection and could lose the ERROR.
 constexpr absl::Duration kRefusedLinger = absl::Seconds(2);
-// Nice value of the bulk serving thread.
-constexpr int kBulkNice = 10;
 
 // Where a connection is in its life. Only kReady connections may READ.
 enum class Phase {
@@ -150,8 +148,7 @@ absl::Status ServerLoop::Run() {
   // Bulk transfers give way to the demand loop (and to whatever else this
   // host runs) whenever both want a CPU; a demand READ is served as soon
   // as it arrives.
-  if (absl::Status s =
-          role_ == Role::kMain ? MakeThreadBackground(kBulkNice) : MakeThreadLatencySensitive();
+  if (absl::Status s = role_ == Role::kMain ? MakeThreadBackground() : MakeThreadLatencySensitive();
       !s.ok()) {
     LogWarning("serving thread keeps the default priority: %s", s.message());
   }

@@ -54,6 +54,18 @@ absl::Status MakeThreadLatencySensitive() {
   return SetNiceAndSlice(nice, kShortSliceNs);
 }
 
-absl::Status MakeThreadBackground(int nice) { return SetNiceAndSlice(nice, kShortSliceNs); }
+absl::Status MakeThreadBackground() { return SetNiceAndSlice(kBackgroundNice, kShortSliceNs); }
+
+ScopedBackground::ScopedBackground(bool enable) {
+  if (!enable) return;
+  errno = 0;
+  nice_before_ = getpriority(PRIO_PROCESS, static_cast<id_t>(gettid()));
+  lowered_ =
+      errno == 0 && setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), kBackgroundNice) == 0;
+}
+
+ScopedBackground::~ScopedBackground() {
+  if (lowered_) setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), nice_before_);
+}
 
 }  // namespace lazyram

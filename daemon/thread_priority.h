@@ -16,12 +16,32 @@
 
 namespace lazyram {
 
+// The nice value of background work: the pull, on both hosts, and the push.
+inline constexpr int kBackgroundNice = 10;
+
 // For a thread on the fault path: a short EEVDF slice (the kernel's
 // minimum, 100 µs), nice unchanged.
 absl::Status MakeThreadLatencySensitive();
 
-// For a thread doing background work: nice `nice` (> 0).
-absl::Status MakeThreadBackground(int nice);
+// For a thread doing background work: nice kBackgroundNice, and the same
+// short slice (it gives the CPU back sooner).
+absl::Status MakeThreadBackground();
+
+// While it lives, the calling thread runs at nice kBackgroundNice (when
+// `enable`); then at its nice from before. For a thread that serves
+// background work now and then. Best effort: a failure leaves the nice as
+// it was.
+class ScopedBackground {
+ public:
+  explicit ScopedBackground(bool enable);
+  ~ScopedBackground();
+  ScopedBackground(const ScopedBackground&) = delete;
+  ScopedBackground& operator=(const ScopedBackground&) = delete;
+
+ private:
+  bool lowered_ = false;
+  int nice_before_ = 0;
+};
 
 }  // namespace lazyram
 

@@ -2,9 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/falloc.h>
-#include <sys/resource.h>
 #include <sys/statvfs.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -193,24 +191,6 @@ void ReplyFromBuffer(fuse_req_t req, Region* region, uint64_t offset, size_t len
   fuse_reply_buf(req, reinterpret_cast<const char*>(data), length);
 }
 
-// Lowers this worker's priority for the life of the object (for background
-// work), then restores it.
-class ScopedNice {
- public:
-  explicit ScopedNice(bool enable) : enabled_(enable) {
-    if (enabled_) setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), kBackgroundNice);
-  }
-  ~ScopedNice() {
-    if (enabled_) setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 0);
-  }
-  ScopedNice(const ScopedNice&) = delete;
-  ScopedNice& operator=(const ScopedNice&) = delete;
-
- private:
-  static constexpr int kBackgroundNice = 10;
-  const bool enabled_;
-};
-
 // libfuse starts workers as it needs them; each becomes latency sensitive
 // (a short scheduler slice) the first time it serves a READ or WRITE: a
 // faulting guest waits on it.
@@ -241,7 +221,7 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
   if (offset >= region_size || size == 0) return (void)fuse_reply_buf(req, nullptr, 0);
   TuneWorker();
   const size_t length = static_cast<size_t>(std::min<uint64_t>(size, region_size - offset));
-  const ScopedNice background(IsPushRead(req));
+  const ScopedBackground background(IsPushRead(req));
   // Answered from whichever thread makes the pages local; this worker
   // returns at once.
   region->EnsureLocal(

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "daemon/errno_status.h"
+#include "daemon/thread_priority.h"
 
 namespace lazyram::fusefs {
 namespace {
@@ -124,7 +125,7 @@ absl::StatusOr<std::unique_ptr<WarmHelper>> WarmHelper::Spawn() {
     if (getppid() != parent) _exit(0);
     prctl(PR_SET_NAME, "lazyram-warm");
     // Warming is background work: faults come first.
-    setpriority(PRIO_PROCESS, 0, 10);
+    setpriority(PRIO_PROCESS, 0, kBackgroundNice);
     if (dup2(commands[0], 0) < 0 || dup2(acks[1], 1) < 0) _exit(1);
     // Nothing else of the daemon's: above all not its /dev/fuse descriptor.
     syscall(SYS_close_range, 3U, ~0U, 0U);
