@@ -21,9 +21,8 @@ using protocol::FrameType;
 
 namespace {
 
-// user_data of a completion: operation in the low byte, connection above.
+// user_data of a completion: what completed.
 enum Op : uint64_t { kWake = 1, kRecv = 2, kSend = 3 };
-constexpr uint64_t Tag(Op op, size_t conn) { return (static_cast<uint64_t>(conn) << 8) | op; }
 
 constexpr absl::Duration kMinBackoff = absl::Milliseconds(50);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(2);
@@ -74,18 +73,18 @@ struct FetchChannel::Connection {
   absl::Duration reject_backoff = kMinBackoff;
 };
 
-FetchChannel::FetchChannel(Kind kind, int connections, FetchShared* shared)
-    : kind_(kind), shared_(shared), conns_(static_cast<size_t>(connections)) {
-  for (Connection& c : conns_) c.in.resize(kRecvBuffer);
+FetchChannel::FetchChannel(Kind kind, FetchShared* shared)
+    : kind_(kind), shared_(shared), conn_(std::make_unique<Connection>()) {
+  conn_->in.resize(kRecvBuffer);
 }
 
 absl::StatusOr<std::unique_ptr<FetchChannel>> FetchChannel::Start(
-    Kind kind, int connections, FetchShared* shared, std::optional<DialedSource> first) {
-  std::unique_ptr<FetchChannel> channel(new FetchChannel(kind, connections, shared));
+    Kind kind, FetchShared* shared, std::optional<DialedSource> first) {
+  std::unique_ptr<FetchChannel> channel(new FetchChannel(kind, shared));
   channel->wake_fd_.reset(eventfd(0, EFD_CLOEXEC));
   if (!channel->wake_fd_.valid()) return ErrnoStatus(errno, "eventfd");
   if (first.has_value()) {
-    channel->Up(0, std::move(first->fd), shared->replicas->current());
+    channel->Up(std::move(first->fd), shared->replicas->current());
   }
   // The ring must be created on the thread that owns it.
   absl::Notification ready;
@@ -143,7 +142,7 @@ std::optional<FetchRequest> FetchChannel::Submit(FetchRequest request) {
   {
     absl::MutexLock lock(&mu_);
     if (detached_ || stopping_) return request;
-    Connection& c = conns_[0];
+    Connection& c = *conn_;
     if (kind_ != Kind::kDemand || !queue_.empty() || !c.up || c.send_inflight || !c.out.empty() ||
         !Fits(request, shared_->room)) {
       Enqueue(std::move(request));
@@ -174,7 +173,7 @@ std::optional<FetchRequest> FetchChannel::Submit(FetchRequest request) {
   const ssize_t n = send(fd, frame.data(), frame.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
   if (shared_->after_direct_send) shared_->after_direct_send();
   absl::MutexLock lock(&mu_);
-  Connection& c = conns_[0];
+  Connection& c = *conn_;
   c.send_inflight = false;
   if (!c.up || c.closing) {
     // Failed meanwhile: the request went back to the queue with the rest.
@@ -213,8 +212,8 @@ void FetchChannel::Detach() {
   Wake();
 }
 
-void FetchChannel::Up(size_t index, UniqueFd fd, size_t replica) {
-  Connection& c = conns_[index];
+void FetchChannel::Up(UniqueFd fd, size_t replica) {
+  Connection& c = *conn_;
   c.replica = replica;
   c.round_failures = 0;
   shared_->replicas->ConnectionUp(replica);
@@ -239,7 +238,7 @@ void FetchChannel::Up(size_t index, UniqueFd fd, size_t replica) {
 void FetchChannel::ArmWake() {
   io_uring_sqe* sqe = ring_->GetSqe();
   io_uring_prep_read(sqe, wake_fd_.get(), &wake_value_, sizeof wake_value_, 0);
-  io_uring_sqe_set_data64(sqe, Tag(kWake, 0));
+  io_uring_sqe_set_data64(sqe, kWake);
 }
 
 void FetchChannel::Run() {
@@ -256,32 +255,28 @@ void FetchChannel::Run() {
     if (stopping) break;
     if (detach) {
       detached = true;
-      for (size_t i = 0; i < conns_.size(); ++i) Fail(i, absl::OkStatus());
+      Fail(absl::OkStatus());
     }
     FinishDials();
     // A close that waited for a direct send (Submit) to return.
-    for (size_t i = 0; i < conns_.size(); ++i) MaybeFinishClose(i);
+    MaybeFinishClose();
     absl::Time wake_at = absl::InfiniteFuture();
-    if (!detached) {
-      for (size_t i = 0; i < conns_.size(); ++i) {
-        Connection& c = conns_[i];
-        if (c.closing || c.dialing) continue;
-        bool up;
-        {
-          absl::MutexLock lock(&mu_);
-          up = c.up;
-        }
-        if (up) continue;
-        if (absl::Now() >= c.retry_at) {
-          Reconnect(i);
-        } else {
-          wake_at = std::min(wake_at, c.retry_at);
-        }
+    Connection& c = *conn_;
+    bool up;
+    {
+      absl::MutexLock lock(&mu_);
+      up = c.up;
+    }
+    if (!detached && !up && !c.closing && !c.dialing) {
+      if (absl::Now() >= c.retry_at) {
+        Reconnect();
+      } else {
+        wake_at = c.retry_at;
       }
     }
     wake_at = std::min({wake_at, ExpireDemand(), FailStalled()});
     Distribute();
-    for (size_t i = 0; i < conns_.size(); ++i) Pump(i);
+    Pump();
 
     io_uring_cqe* cqe = nullptr;
     if (wake_at == absl::InfiniteFuture()) {
@@ -294,34 +289,30 @@ void FetchChannel::Run() {
     unsigned head, seen = 0;
     io_uring_for_each_cqe(ring_->get(), head, cqe) {
       ++seen;
-      const uint64_t data = io_uring_cqe_get_data64(cqe);
-      const size_t index = data >> 8;
-      switch (static_cast<Op>(data & 0xff)) {
+      switch (static_cast<Op>(io_uring_cqe_get_data64(cqe))) {
         case kWake:
           ArmWake();
           break;
         case kRecv:
-          OnRecv(index, cqe->res);
+          OnRecv(cqe->res);
           break;
         case kSend:
-          OnSend(index, cqe->res);
+          OnSend(cqe->res);
           break;
       }
     }
     io_uring_cq_advance(ring_->get(), seen);
   }
-  for (size_t i = 0; i < conns_.size(); ++i) {
-    Fail(i, absl::OkStatus());
-    // A dial ends within its timeouts; what it opened closes with it.
-    if (conns_[i].dial_thread.joinable()) conns_[i].dial_thread.join();
-  }
+  Fail(absl::OkStatus());
+  // A dial ends within its timeouts; what it opened closes with it.
+  if (conn_->dial_thread.joinable()) conn_->dial_thread.join();
   FailAll(absl::CancelledError("lazyramd is shutting down"));
 }
 
-void FetchChannel::Reconnect(size_t index) {
-  Connection& c = conns_[index];
+void FetchChannel::Reconnect() {
+  Connection& c = *conn_;
   c.dialing = true;
-  c.dial_thread = std::thread([this, index] {
+  c.dial_thread = std::thread([this] {
     pthread_setname_np(pthread_self(), "lazyram-dial");
     size_t replica = 0;
     absl::StatusOr<DialedSource> dialed = shared_->replicas->DialCurrent(
@@ -329,7 +320,7 @@ void FetchChannel::Reconnect(size_t index) {
         kind_ == Kind::kDemand ? protocol::kFeatureDemandChannel : 0);
     {
       absl::MutexLock lock(&dial_mu_);
-      dial_results_.push_back({index, replica, std::move(dialed)});
+      dial_results_.push_back({replica, std::move(dialed)});
     }
     Wake();
   });
@@ -342,22 +333,21 @@ void FetchChannel::FinishDials() {
     results.swap(dial_results_);
   }
   for (DialResult& r : results) {
-    Connection& c = conns_[r.conn];
-    c.dial_thread.join();
-    c.dialing = false;
-    OnDialed(r.conn, r.replica, std::move(r.dialed));
+    conn_->dial_thread.join();
+    conn_->dialing = false;
+    OnDialed(r.replica, std::move(r.dialed));
   }
 }
 
-void FetchChannel::OnDialed(size_t index, size_t replica, absl::StatusOr<DialedSource> dialed) {
-  Connection& c = conns_[index];
+void FetchChannel::OnDialed(size_t replica, absl::StatusOr<DialedSource> dialed) {
+  Connection& c = *conn_;
   {
     absl::MutexLock lock(&mu_);
     if (detached_) return;  // every page is local: the new connection closes
   }
   absl::Status status = dialed.status();
   if (status.ok()) {
-    Up(index, std::move(dialed->fd), replica);
+    Up(std::move(dialed->fd), replica);
     return;
   }
   // Once per reason, not once per outage: a server that comes back with
@@ -398,15 +388,13 @@ absl::Time FetchChannel::ExpireDemand() {
     }
     // Sent ones stay outstanding, so that their late reply is recognised
     // (and dropped) rather than taken for a protocol error.
-    for (Connection& c : conns_) {
-      for (auto& [tag, request] : c.outstanding) {
-        if (request.expired) continue;
-        if (request.deadline <= now) {
-          request.expired = true;
-          expired.push_back(std::move(request.done));
-        } else {
-          next = std::min(next, request.deadline);
-        }
+    for (auto& [tag, request] : conn_->outstanding) {
+      if (request.expired) continue;
+      if (request.deadline <= now) {
+        request.expired = true;
+        expired.push_back(std::move(request.done));
+      } else {
+        next = std::min(next, request.deadline);
       }
     }
   }
@@ -425,22 +413,14 @@ absl::Time FetchChannel::ExpireDemand() {
 absl::Time FetchChannel::FailStalled() {
   absl::Time next = absl::InfiniteFuture();
   if (shared_->replicas->size() < 2) return next;
-  const absl::Time now = absl::Now();
-  for (size_t i = 0; i < conns_.size(); ++i) {
-    Connection& c = conns_[i];
-    absl::Time progress;
-    {
-      absl::MutexLock lock(&mu_);
-      if (!c.up || c.outstanding.empty()) continue;
-      progress = c.last_progress;
-    }
-    if (now - progress >= kStallTimeout) {
-      Fail(i, absl::UnavailableError(
-                  absl::StrCat("no reply for ", absl::FormatDuration(kStallTimeout))));
-    } else {
-      next = std::min(next, progress + kStallTimeout);
-    }
+  absl::Time progress;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!conn_->up || conn_->outstanding.empty()) return next;
+    progress = conn_->last_progress;
   }
+  if (absl::Now() - progress < kStallTimeout) return progress + kStallTimeout;
+  Fail(absl::UnavailableError(absl::StrCat("no reply for ", absl::FormatDuration(kStallTimeout))));
   return next;
 }
 
@@ -477,25 +457,20 @@ void FetchChannel::Distribute() {
   absl::MutexLock lock(&mu_);
   // Bulk leaves a quarter of the room to demand fetches.
   const uint64_t limit = kind_ == Kind::kDemand ? shared_->room : shared_->room - shared_->room / 4;
-  while (!queue_.empty() && Fits(queue_.front(), limit)) {
-    // The up connection owing the fewest replies.
-    Connection* best = nullptr;
-    for (Connection& c : conns_) {
-      if (c.up && (best == nullptr || c.outstanding.size() < best->outstanding.size())) best = &c;
-    }
-    if (best == nullptr) break;
+  Connection& c = *conn_;
+  while (c.up && !queue_.empty() && Fits(queue_.front(), limit)) {
     FetchRequest r = std::move(queue_.front());
     queue_.pop_front();
     const uint64_t tag = next_tag_++;
-    protocol::AppendRead(tag, {r.region, r.count, r.first_page, r.priority}, &best->out);
+    protocol::AppendRead(tag, {r.region, r.count, r.first_page, r.priority}, &c.out);
     Charge(ReplyCost(r.count));
-    if (best->outstanding.empty()) best->last_progress = absl::Now();
-    best->outstanding.emplace(tag, std::move(r));
+    if (c.outstanding.empty()) c.last_progress = absl::Now();
+    c.outstanding.emplace(tag, std::move(r));
   }
 }
 
-void FetchChannel::Pump(size_t index) {
-  Connection& c = conns_[index];
+void FetchChannel::Pump() {
+  Connection& c = *conn_;
   bool send = false;
   {
     absl::MutexLock lock(&mu_);
@@ -511,7 +486,7 @@ void FetchChannel::Pump(size_t index) {
   if (send) {
     io_uring_sqe* sqe = ring_->GetSqe();
     io_uring_prep_send(sqe, c.fd.get(), c.sending.data(), c.sending.size(), MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, Tag(kSend, index));
+    io_uring_sqe_set_data64(sqe, kSend);
   }
   if (!c.recv_inflight) {
     c.recv_inflight = true;
@@ -519,12 +494,12 @@ void FetchChannel::Pump(size_t index) {
     size_t room = c.in.size() - c.in_len;
     if (kind_ == Kind::kBulk) room = std::min(room, kMaxBulkRecv);
     io_uring_prep_recv(sqe, c.fd.get(), c.in.data() + c.in_len, room, 0);
-    io_uring_sqe_set_data64(sqe, Tag(kRecv, index));
+    io_uring_sqe_set_data64(sqe, kRecv);
   }
 }
 
-void FetchChannel::Fail(size_t index, const absl::Status& why) {
-  Connection& c = conns_[index];
+void FetchChannel::Fail(const absl::Status& why) {
+  Connection& c = *conn_;
   {
     absl::MutexLock lock(&mu_);
     if (!c.up) return;
@@ -547,20 +522,20 @@ void FetchChannel::Fail(size_t index, const absl::Status& why) {
   shared_->replicas->ConnectionDown(c.replica, /*failed=*/!why.ok() || c.rejected);
   // Wake the recv and send in flight; the fd closes once they are done.
   shutdown(c.fd.get(), SHUT_RDWR);
-  MaybeFinishClose(index);
+  MaybeFinishClose();
 }
 
-void FetchChannel::Reject(size_t index, const absl::Status& why) {
-  Connection& c = conns_[index];
+void FetchChannel::Reject(const absl::Status& why) {
+  Connection& c = *conn_;
   LogError("%s connection to %s: bad reply from the page server: %s; reconnecting", name(),
            shared_->replicas->address(c.replica).ToString(), why.message());
   c.warned = true;
   c.rejected = true;
-  Fail(index, absl::OkStatus());
+  Fail(absl::OkStatus());
 }
 
-void FetchChannel::MaybeFinishClose(size_t index) {
-  Connection& c = conns_[index];
+void FetchChannel::MaybeFinishClose() {
+  Connection& c = *conn_;
   {
     absl::MutexLock lock(&mu_);
     if (!c.closing || c.recv_inflight || c.send_inflight) return;
@@ -579,22 +554,22 @@ void FetchChannel::MaybeFinishClose(size_t index) {
   }
 }
 
-void FetchChannel::OnSend(size_t index, int res) {
-  Connection& c = conns_[index];
+void FetchChannel::OnSend(int res) {
+  Connection& c = *conn_;
   bool closing;
   {
     absl::MutexLock lock(&mu_);
     closing = c.closing;
     if (closing || res <= 0) c.send_inflight = false;
   }
-  if (closing) return MaybeFinishClose(index);
-  if (res <= 0) return Fail(index, ErrnoStatus(res == 0 ? EPIPE : -res, "send"));
+  if (closing) return MaybeFinishClose();
+  if (res <= 0) return Fail(ErrnoStatus(res == 0 ? EPIPE : -res, "send"));
   c.sent += static_cast<size_t>(res);
   if (c.sent < c.sending.size()) {
     io_uring_sqe* sqe = ring_->GetSqe();
     io_uring_prep_send(sqe, c.fd.get(), c.sending.data() + c.sent, c.sending.size() - c.sent,
                        MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, Tag(kSend, index));
+    io_uring_sqe_set_data64(sqe, kSend);
     return;
   }
   c.sending.clear();
@@ -602,17 +577,17 @@ void FetchChannel::OnSend(size_t index, int res) {
   c.send_inflight = false;
 }
 
-void FetchChannel::OnRecv(size_t index, int res) {
-  Connection& c = conns_[index];
+void FetchChannel::OnRecv(int res) {
+  Connection& c = *conn_;
   c.recv_inflight = false;
   bool closing;
   {
     absl::MutexLock lock(&mu_);
     closing = c.closing;
   }
-  if (closing) return MaybeFinishClose(index);
-  if (res == 0) return Fail(index, absl::UnavailableError("page server closed the connection"));
-  if (res < 0) return Fail(index, ErrnoStatus(-res, "recv"));
+  if (closing) return MaybeFinishClose();
+  if (res == 0) return Fail(absl::UnavailableError("page server closed the connection"));
+  if (res < 0) return Fail(ErrnoStatus(-res, "recv"));
   c.in_len += static_cast<size_t>(res);
   {
     absl::MutexLock lock(&mu_);
@@ -623,12 +598,12 @@ void FetchChannel::OnRecv(size_t index, int res) {
   while (c.in_len - pos >= protocol::kHeaderSize) {
     absl::StatusOr<protocol::FrameHeader> header = protocol::DecodeHeader(
         std::span(c.in.data() + pos, protocol::kHeaderSize), protocol::kMaxFrameBody);
-    if (!header.ok()) return Reject(index, header.status());
+    if (!header.ok()) return Reject(header.status());
     const size_t frame = protocol::kHeaderSize + header->body_len;
     if (c.in_len - pos < frame) break;
     absl::Status s = HandleFrame(
-        index, *header, std::span(c.in.data() + pos + protocol::kHeaderSize, header->body_len));
-    if (!s.ok()) return Reject(index, s);
+        *header, std::span(c.in.data() + pos + protocol::kHeaderSize, header->body_len));
+    if (!s.ok()) return Reject(s);
     c.reject_backoff = kMinBackoff;
     pos += frame;
   }
@@ -642,9 +617,9 @@ void FetchChannel::OnRecv(size_t index, int res) {
   }
 }
 
-absl::Status FetchChannel::HandleFrame(size_t index, const protocol::FrameHeader& header,
+absl::Status FetchChannel::HandleFrame(const protocol::FrameHeader& header,
                                        std::span<const uint8_t> body) {
-  Connection& c = conns_[index];
+  Connection& c = *conn_;
   if (header.type != FrameType::kError && header.type != FrameType::kPages) {
     return absl::InvalidArgumentError("unexpected frame type from the page server");
   }

@@ -1,5 +1,5 @@
 // FetchChannel: one class of traffic to the page server — demand fetches
-// or the background pull — on connections of its own, driven by an I/O
+// or the background pull — on a connection of its own, driven by an I/O
 // thread of its own that owns an io_uring. The Fetcher has one demand
 // channel and one or more bulk channels: demand requests never share a
 // connection, a thread or a ring with bulk ones, so a fault never waits
@@ -85,17 +85,15 @@ class FetchChannel {
  public:
   enum class Kind { kDemand, kBulk };
 
-  // Receive buffer of one connection: room for several maximal frames, so
+  // Receive buffer of the connection: room for several maximal frames, so
   // that one recv can carry many replies.
   static constexpr size_t kRecvBuffer = 4 * (protocol::kHeaderSize + protocol::kMaxFrameBody);
   // The most a reply to a READ of `count` pages can take.
   static uint64_t ReplyCost(uint32_t count) { return protocol::PagesFrameCapacity(count); }
 
-  // Starts the I/O thread with `connections` connections, which it dials;
-  // `first`, when given, is already open and becomes connection 0.
-  // `shared` must outlive the channel.
-  static absl::StatusOr<std::unique_ptr<FetchChannel>> Start(Kind kind, int connections,
-                                                             FetchShared* shared,
+  // Starts the I/O thread, which dials the channel's connection — unless
+  // `first`, already open, is given. `shared` must outlive the channel.
+  static absl::StatusOr<std::unique_ptr<FetchChannel>> Start(Kind kind, FetchShared* shared,
                                                              std::optional<DialedSource> first);
   FetchChannel(const FetchChannel&) = delete;
   FetchChannel& operator=(const FetchChannel&) = delete;
@@ -108,14 +106,14 @@ class FetchChannel {
   // request unconsumed — `done` not called — when the channel is detached
   // or stopping.
   std::optional<FetchRequest> Submit(FetchRequest request);
-  // Closes every connection for good; later submissions are refused.
+  // Closes the connection for good; later submissions are refused.
   void Detach();
   // The largest size of the replies this channel is owed now.
   uint64_t inflight() const { return my_inflight_.load(std::memory_order_relaxed); }
 
  private:
   struct Connection;
-  FetchChannel(Kind kind, int connections, FetchShared* shared);
+  FetchChannel(Kind kind, FetchShared* shared);
 
   void Run();
   void Wake();
@@ -123,29 +121,28 @@ class FetchChannel {
   void WakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Enqueue(FetchRequest request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ArmWake();
-  void Reconnect(size_t index);
+  void Reconnect();
   void FinishDials();
-  void OnDialed(size_t index, size_t replica, absl::StatusOr<DialedSource> dialed);
-  void Up(size_t index, UniqueFd fd, size_t replica);
+  void OnDialed(size_t replica, absl::StatusOr<DialedSource> dialed);
+  void Up(UniqueFd fd, size_t replica);
   // Fails demand fetches whose deadline passed; returns the next deadline.
   absl::Time ExpireDemand();
-  // With replicas: fails connections that owe replies and stalled.
+  // With replicas: fails the connection if it owes replies and stalled.
   absl::Time FailStalled();
   void Charge(uint64_t bytes);
   void Refund(uint64_t bytes);
   bool Fits(FetchRequest& request, uint64_t limit) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Moves queued requests onto connections (their frames into `out`).
+  // Moves queued requests onto the connection (their frames into `out`).
   void Distribute();
-  void Pump(size_t index);
-  void Fail(size_t index, const absl::Status& why);
+  void Pump();
+  void Fail(const absl::Status& why);
   // The server broke the protocol: logged as an error, then like Fail.
-  void Reject(size_t index, const absl::Status& why);
-  void MaybeFinishClose(size_t index);
-  void OnRecv(size_t index, int res);
-  void OnSend(size_t index, int res);
+  void Reject(const absl::Status& why);
+  void MaybeFinishClose();
+  void OnRecv(int res);
+  void OnSend(int res);
   // An error means the frame breaks the protocol: drop the connection.
-  absl::Status HandleFrame(size_t index, const protocol::FrameHeader& header,
-                           std::span<const uint8_t> body);
+  absl::Status HandleFrame(const protocol::FrameHeader& header, std::span<const uint8_t> body);
   void FailAll(const absl::Status& status);
   const char* name() const { return kind_ == Kind::kDemand ? "demand" : "bulk"; }
 
@@ -156,18 +153,17 @@ class FetchChannel {
   std::atomic<uint64_t> my_inflight_{0};  // this channel's part of shared_->inflight
 
   // Lock order: mu_ -> dial_mu_. Guards what a submitting thread and the
-  // I/O thread both touch: the queue, and per connection whether it is up,
-  // its unsent frames, whether a send is in flight and what it owes.
+  // I/O thread both touch: the queue, and of the connection whether it is
+  // up, its unsent frames, whether a send is in flight and what it owes.
   absl::Mutex mu_;
   std::deque<FetchRequest> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t next_tag_ ABSL_GUARDED_BY(mu_) = 1;
   bool detached_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool wake_pending_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<Connection> conns_;  // the vector is fixed; see Connection for its fields' guards
+  const std::unique_ptr<Connection> conn_;  // see Connection for its fields' guards
 
   struct DialResult {
-    size_t conn;
     size_t replica;
     absl::StatusOr<DialedSource> dialed;
   };
@@ -175,7 +171,7 @@ class FetchChannel {
   std::vector<DialResult> dial_results_ ABSL_GUARDED_BY(dial_mu_);
 
   // Created on the I/O thread (the ring is SINGLE_ISSUER) and destroyed
-  // there, before the connections it points into.
+  // there, before the connection it points into.
   std::unique_ptr<IoRing> ring_;
   std::thread thread_;  // last: joined before the members above go away
 };

@@ -44,7 +44,7 @@ absl::StatusOr<std::unique_ptr<Fetcher>> Fetcher::Connect(Options options) {
       fetcher->options_.connect_timeout, protocol::kFeatureDemandChannel);
   if (!first.ok()) return first.status();
   absl::StatusOr<std::unique_ptr<FetchChannel>> demand =
-      FetchChannel::Start(FetchChannel::Kind::kDemand, 1, &fetcher->shared_, *std::move(first));
+      FetchChannel::Start(FetchChannel::Kind::kDemand, &fetcher->shared_, *std::move(first));
   if (!demand.ok()) return demand.status();
   fetcher->demand_ = *std::move(demand);
   // One thread per bulk connection: landing pulled pages (checksum, store
@@ -52,7 +52,7 @@ absl::StatusOr<std::unique_ptr<Fetcher>> Fetcher::Connect(Options options) {
   // core.
   for (int i = 0; i < fetcher->options_.bulk_connections; ++i) {
     absl::StatusOr<std::unique_ptr<FetchChannel>> bulk =
-        FetchChannel::Start(FetchChannel::Kind::kBulk, 1, &fetcher->shared_, std::nullopt);
+        FetchChannel::Start(FetchChannel::Kind::kBulk, &fetcher->shared_, std::nullopt);
     if (!bulk.ok()) return bulk.status();
     fetcher->bulk_.push_back(*std::move(bulk));
   }
