@@ -94,13 +94,17 @@ TEST_F(PullerTest, KeepsOneSmallFetchInFlightWhileTheConsumerFaults) {
     ASSERT_TRUE(AwaitPending(1));
     absl::SleepFor(absl::Milliseconds(2));  // room for a wrongly issued second fetch
     // Round 0 still has the full-speed fetches and the demand fetch.
-    if (round > 0) EXPECT_EQ(source_.pending(), 1u) << "round " << round;
+    if (round > 0) {
+      EXPECT_EQ(source_.pending(), 1u) << "round " << round;
+    }
     source_.CompleteAll();
   }
   ASSERT_TRUE(faulted.WaitForNotificationWithTimeout(kWait));
   std::vector<PendingFetch> history = source_.history();
   for (size_t i = before + 1; i < history.size(); ++i) {
-    if (history[i].priority == protocol::Priority::kBulk) EXPECT_LE(history[i].count, 16u);
+    if (history[i].priority == protocol::Priority::kBulk) {
+      EXPECT_LE(history[i].count, 16u);
+    }
   }
 }
 

@@ -205,38 +205,7 @@ void Region::Land(Run run, absl::StatusOr<FetchedPages> pages, PageState claimed
     const uint64_t chunk_end = std::min(end, chunk + kLandChunk);
     changes.clear();
     LockStripes(chunk, chunk_end);
-    if (error.ok()) {
-      // Write each stretch of consecutive data pages that still want their
-      // bytes with one store write; skip pages written or punched meanwhile.
-      uint64_t stretch_first = 0;
-      size_t stretch_len = 0, stretch_data = 0;
-      auto flush = [&] {
-        if (stretch_len == 0 || !error.ok()) return;
-        error = store_->Write(
-            stretch_first * kPageSize,
-            pages->payload.subspan(stretch_data * kPageSize, stretch_len * kPageSize));
-        stretch_len = 0;
-      };
-      for (uint64_t p = chunk; p < chunk_end; ++p) {
-        const bool is_data =
-            pages->flags[p - run.first] == static_cast<uint8_t>(protocol::PageFlag::kData);
-        const PageState s = map_.Get(p);
-        const bool wanted = s == PageState::kFetching || s == PageState::kPulling;
-        if (wanted && is_data) {
-          if (stretch_len == 0) {
-            stretch_first = p;
-            stretch_data = data_index;
-          }
-          ++stretch_len;
-          changes.emplace_back(p, PageState::kPresent);
-        } else {
-          flush();
-          if (wanted) changes.emplace_back(p, PageState::kZero);
-        }
-        if (is_data) ++data_index;
-      }
-      flush();
-    }
+    if (error.ok()) error = WriteLanded(*pages, chunk, chunk_end, &data_index, &changes);
     if (!error.ok()) {
       // The pages become absent again so a later read retries them — but
       // only those still waiting on this fetch: a failed pull leaves alone
@@ -258,6 +227,41 @@ void Region::Land(Run run, absl::StatusOr<FetchedPages> pages, PageState claimed
     absl::MutexLock lock(&listener_mu_);
     if (pull_listener_) pull_listener_(run.first, run.count);
   }
+}
+
+absl::Status Region::WriteLanded(const FetchedPages& pages, uint64_t first, uint64_t end,
+                                 size_t* data_index,
+                                 std::vector<std::pair<uint64_t, PageState>>* changes) {
+  // Each stretch of consecutive data pages that still want their bytes
+  // goes to the store in one write; pages written or punched meanwhile are
+  // skipped.
+  uint64_t stretch_first = 0;
+  size_t stretch_len = 0, stretch_data = 0;
+  auto flush = [&]() -> absl::Status {
+    if (stretch_len == 0) return absl::OkStatus();
+    const size_t len = std::exchange(stretch_len, 0);
+    return store_->Write(stretch_first * kPageSize,
+                         pages.payload.subspan(stretch_data * kPageSize, len * kPageSize));
+  };
+  for (uint64_t p = first; p < end; ++p) {
+    const bool is_data =
+        pages.flags[p - pages.first_page] == static_cast<uint8_t>(protocol::PageFlag::kData);
+    const PageState s = map_.Get(p);
+    const bool wanted = s == PageState::kFetching || s == PageState::kPulling;
+    if (wanted && is_data) {
+      if (stretch_len == 0) {
+        stretch_first = p;
+        stretch_data = *data_index;
+      }
+      ++stretch_len;
+      changes->emplace_back(p, PageState::kPresent);
+    } else {
+      if (absl::Status s = flush(); !s.ok()) return s;
+      if (wanted) changes->emplace_back(p, PageState::kZero);
+    }
+    if (is_data) ++*data_index;
+  }
+  return flush();
 }
 
 void Region::SetPullListener(PullListener listener) {

@@ -169,6 +169,13 @@ class Region {
   // kPulling); on failure only pages still in it return to absent.
   void Land(Run run, absl::StatusOr<FetchedPages> pages, PageState claimed, bool fault,
             absl::Time started);
+  // Under the stripe locks of [first, end): writes the pages of `pages` in
+  // that range that still want their bytes (fetching or pulling) and lists
+  // the state each wanted page takes. `*data_index` is the payload index of
+  // the next data page; it moves past the range (unless a write fails).
+  absl::Status WriteLanded(const FetchedPages& pages, uint64_t first, uint64_t end,
+                           size_t* data_index,
+                           std::vector<std::pair<uint64_t, PageState>>* changes);
   // Sets each listed page to its new state and returns its waiters, to be
   // released once the caller has dropped the stripe locks it holds.
   std::vector<Waiter*> Publish(std::span<const std::pair<uint64_t, PageState>> changes);
