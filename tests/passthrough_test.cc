@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "tests/fault_helpers.h"
 #include "tests/test_env.h"
 
 namespace lazyram::testing {
@@ -92,30 +93,18 @@ int Same(const uint8_t* got, const uint8_t* want, uint64_t n, const char* what) 
   return 1;
 }
 
-// Reads all of `path` with read(2), and again through a fresh shared
-// mapping, and compares both with `want` (size included).
+// Reads all of `path` with pread(2), and again through a fresh shared
+// mapping, and compares both with `want` (size included); the exit codes of
+// tests/fault_helpers.h.
 int CheckFile(const std::string& path, const std::vector<uint8_t>& want) {
-  int fd = open(path.c_str(), O_RDONLY);
-  if (fd < 0) return Fail("open");
   struct stat st;
-  if (fstat(fd, &st) != 0) return Fail("fstat");
+  if (stat(path.c_str(), &st) != 0) return Fail("stat");
   if (static_cast<uint64_t>(st.st_size) != want.size()) {
     std::fprintf(stderr, "size %lld, want %zu\n", static_cast<long long>(st.st_size), want.size());
     return 1;
   }
-  std::vector<uint8_t> got(want.size());
-  for (uint64_t done = 0; done < got.size();) {
-    ssize_t n = pread(fd, got.data() + done, got.size() - done, static_cast<off_t>(done));
-    if (n <= 0) return Fail("pread");
-    done += static_cast<uint64_t>(n);
-  }
-  if (Same(got.data(), want.data(), want.size(), "read") != 0) return 1;
-  void* p = mmap(nullptr, want.size(), PROT_READ, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) return Fail("mmap");
-  const int rc = Same(static_cast<uint8_t*>(p), want.data(), want.size(), "mapping");
-  munmap(p, want.size());
-  close(fd);
-  return rc;
+  if (const int rc = PreadAndCompare(path, 0, want.size(), want); rc != 0) return rc;
+  return MapAndCompare(path, want);
 }
 
 // The stores the tests make in page `page`: into a mapping in a child,
