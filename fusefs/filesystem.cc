@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/log.h"
+#include "daemon/base/log.h"
 #include "fusefs/bdi_tuning.h"
 #include "fusefs/filesystem_ops.h"
 

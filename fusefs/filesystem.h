@@ -16,7 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "daemon/engine.h"
+#include "daemon/engine/engine.h"
 #include "fusefs/page_pusher.h"
 #include "fusefs/passthrough_channel.h"
 #include "fusefs/passthrough_policy.h"

@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "daemon/log.h"
-#include "daemon/thread_priority.h"
+#include "daemon/base/log.h"
+#include "daemon/base/thread_priority.h"
 #include "fusefs/filesystem.h"
 #include "fusefs/status_errno.h"
 

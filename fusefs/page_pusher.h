@@ -35,7 +35,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
-#include "daemon/engine.h"
+#include "daemon/engine/engine.h"
 #include "fusefs/warm_helper.h"
 #include "nlohmann/json.hpp"
 

@@ -9,7 +9,7 @@
 #include <cstring>
 #include <utility>
 
-#include "daemon/errno_status.h"
+#include "daemon/base/errno_status.h"
 #include "fusefs/fuse_passthrough_abi.h"
 
 namespace lazyram::fusefs {

@@ -7,7 +7,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/log.h"
+#include "daemon/base/log.h"
 
 namespace lazyram::fusefs {
 namespace {

@@ -38,7 +38,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
-#include "daemon/engine.h"
+#include "daemon/engine/engine.h"
 #include "fusefs/passthrough_channel.h"
 #include "nlohmann/json.hpp"
 

@@ -7,7 +7,7 @@
 #include <memory>
 #include <string>
 
-#include "daemon/log.h"
+#include "daemon/base/log.h"
 #include "fusefs/status_errno.h"
 
 namespace lazyram::fusefs {

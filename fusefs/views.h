@@ -1,4 +1,4 @@
-// ViewsDir: the views/ folder of a forensic mount (daemon/forensic_views.h
+// ViewsDir: the views/ folder of a forensic mount (daemon/forensics/forensic_views.h
 // builds what it shows). Its inodes live far above the regions' (region
 // index + 2): kViewsDirIno for the folder, kViewsDirIno + 1 + kind for
 // each view. Everything in it is read-only.
@@ -19,7 +19,7 @@
 
 #include <optional>
 
-#include "daemon/forensic_views.h"
+#include "daemon/forensics/forensic_views.h"
 
 namespace lazyram::fusefs {
 

@@ -12,8 +12,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/errno_status.h"
-#include "daemon/thread_priority.h"
+#include "daemon/base/errno_status.h"
+#include "daemon/base/thread_priority.h"
 
 namespace lazyram::fusefs {
 namespace {

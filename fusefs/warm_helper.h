@@ -26,7 +26,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "daemon/unique_fd.h"
+#include "daemon/base/unique_fd.h"
 
 namespace lazyram::fusefs {
 

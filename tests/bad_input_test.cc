@@ -24,7 +24,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "daemon/protocol.h"
+#include "daemon/protocol/protocol.h"
 #include "gtest/gtest.h"
 #include "tests/test_env.h"
 

@@ -1,5 +1,5 @@
 // QemuStreamBuilder: writes small QEMU 7.2 migration streams for tests, in
-// the format of daemon/qemu_stream_format.h, so the indexer can be checked
+// the format of daemon/local/qemu_stream_format.h, so the indexer can be checked
 // against streams with re-sent pages, fill pages, damage and truncation
 // without running QEMU. Header-only; test code only.
 #ifndef LAZYRAM_TESTS_QEMU_STREAM_BUILDER_H_
@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "daemon/qemu_stream_format.h"
+#include "daemon/local/qemu_stream_format.h"
 
 namespace lazyram::testing {
 

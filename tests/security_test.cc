@@ -29,8 +29,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "daemon/auth_key.h"
-#include "daemon/protocol.h"
+#include "daemon/protocol/auth_key.h"
+#include "daemon/protocol/protocol.h"
 #include "gtest/gtest.h"
 #include "tests/test_env.h"
 

@@ -24,7 +24,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "daemon/protocol.h"
+#include "daemon/protocol/protocol.h"
 #include "gtest/gtest.h"
 #include "tests/fault_helpers.h"
 #include "tests/test_env.h"

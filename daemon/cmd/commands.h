@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "daemon/page_server.h"
+#include "daemon/server/page_server.h"
 
 namespace lazyram {
 

@@ -21,10 +21,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
+#include "daemon/base/log.h"
 #include "daemon/cmd/commands.h"
-#include "daemon/engine.h"
-#include "daemon/log.h"
-#include "daemon/source_url.h"
+#include "daemon/engine/engine.h"
+#include "daemon/fetch/source_url.h"
 #include "fusefs/filesystem.h"
 
 namespace lazyram {

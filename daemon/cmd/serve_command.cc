@@ -7,10 +7,10 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/auth_key.h"
+#include "daemon/base/log.h"
 #include "daemon/cmd/commands.h"
-#include "daemon/log.h"
-#include "daemon/page_server.h"
+#include "daemon/protocol/auth_key.h"
+#include "daemon/server/page_server.h"
 
 namespace lazyram {
 

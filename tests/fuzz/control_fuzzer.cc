@@ -26,9 +26,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
-#include "daemon/control_request.h"
-#include "daemon/engine.h"
-#include "daemon/region.h"
+#include "daemon/control/control_request.h"
+#include "daemon/engine/engine.h"
+#include "daemon/core/region.h"
 
 namespace lazyram {
 namespace {

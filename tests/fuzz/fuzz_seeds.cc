@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "daemon/protocol.h"
+#include "daemon/protocol/protocol.h"
 #include "tests/qemu_stream_builder.h"
 
 namespace lazyram {

@@ -1,4 +1,4 @@
-// libFuzzer target for the page-protocol codec (daemon/protocol.h): what a
+// libFuzzer target for the page-protocol codec (daemon/protocol/protocol.h): what a
 // hostile page server or client can put on the wire.
 //
 // The first input byte picks a mode; the rest is its input:
@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "daemon/protocol.h"
+#include "daemon/protocol/protocol.h"
 
 namespace lazyram::protocol {
 namespace {

@@ -1,5 +1,5 @@
 // libFuzzer target for the QEMU migration-stream indexer
-// (daemon/qemu_stream_index.h): the input is the stream file, put in a
+// (daemon/local/qemu_stream_index.h): the input is the stream file, put in a
 // memfd and opened through /proc/self/fd, so nothing touches the disk.
 //
 // A stream that indexes must give valid region names and sizes, sorted
@@ -16,9 +16,9 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/page_server.h"
-#include "daemon/qemu_stream_index.h"
-#include "daemon/unique_fd.h"
+#include "daemon/server/page_server.h"
+#include "daemon/local/qemu_stream_index.h"
+#include "daemon/base/unique_fd.h"
 
 namespace lazyram {
 namespace {

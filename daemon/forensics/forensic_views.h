@@ -1,0 +1,91 @@
+// ForensicViews: what the mount's views/ folder shows, built from the
+// engine's regions and the guest's memory layout (GuestLayout):
+//   physmem.raw   the guest-physical address space; holes read zero
+//   physmem.lime  LiME: per RAM range a 32-byte header, then its bytes
+//   vmcore.elf    ELF64 ET_CORE: one PT_NOTE, one PT_LOAD per RAM range
+//                 (p_paddr = guest-physical address), like QEMU's
+//                 dump-guest-memory; each range's bytes start page-aligned
+//   manifest.json regions, sizes, layout, source, SHA-256 per hashed region
+// The three memory views exist only when the layout is known: the machine
+// (--machine, else the stream's machine type) and the main RAM region
+// (FindMainRam) with its size. docs/forensics.md describes the formats.
+//
+// Views are built when asked for and cached while the main RAM region
+// keeps its size. Thread-safety: every method may be called from any
+// thread. The engine must outlive this object.
+#ifndef LAZYRAM_DAEMON_FORENSICS_FORENSIC_VIEWS_H_
+#define LAZYRAM_DAEMON_FORENSICS_FORENSIC_VIEWS_H_
+
+#include <array>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/forensics/guest_layout.h"
+#include "daemon/forensics/memory_view.h"
+
+namespace lazyram {
+
+class Engine;
+
+class ForensicViews {
+ public:
+  enum class Kind { kPhysmemRaw = 0, kPhysmemLime, kVmcoreElf, kManifest };
+  static constexpr int kNumKinds = 4;
+  static constexpr std::array<absl::string_view, kNumKinds> kNames = {
+      "physmem.raw", "physmem.lime", "vmcore.elf", "manifest.json"};
+
+  // LiME range header (lime.h): little-endian on disk.
+  static constexpr uint32_t kLimeMagic = 0x4C694D45;
+  static constexpr uint32_t kLimeVersion = 1;
+  static constexpr size_t kLimeHeaderSize = 32;
+  // The PT_NOTE holds one note, owner "LAZYRAM", of this type, whose
+  // descriptor is the layout as JSON (tools skip notes they do not know).
+  static constexpr uint32_t kNoteType = 0x4c52;
+
+  struct Options {
+    std::optional<MachineType> machine;  // --machine; wins over qemu_machine
+    std::string qemu_machine;            // from a migration stream, or empty
+    std::string source;                  // "qemu-stream:///x", "tcp://...", or empty
+    bool read_only = false;
+  };
+
+  ForensicViews(Engine* engine, Options options);
+  ForensicViews(const ForensicViews&) = delete;
+  ForensicViews& operator=(const ForensicViews&) = delete;
+
+  // The machine type in force, if any.
+  std::optional<MachineType> machine() const;
+  // The layout and its main RAM region, when both are known now.
+  std::optional<GuestLayout> Layout(Region** main_ram) const;
+  // A view; null for a memory view while the layout is unknown. The
+  // manifest is built afresh on every call.
+  std::shared_ptr<const MemoryView> View(Kind kind) const;
+  std::string ManifestJson() const;
+
+  // Builders, exposed for tests.
+  static std::shared_ptr<MemoryView> BuildPhysmemRaw(const GuestLayout& layout, Region* ram);
+  static std::shared_ptr<MemoryView> BuildLime(const GuestLayout& layout, Region* ram);
+  static std::shared_ptr<MemoryView> BuildElf(const GuestLayout& layout, Region* ram,
+                                              const std::string& note);
+
+ private:
+  struct Cache {
+    Region* ram = nullptr;
+    uint64_t size = 0;
+    std::array<std::shared_ptr<const MemoryView>, 3> views;
+  };
+  std::string LayoutNote(const GuestLayout& layout, const Region& ram) const;
+
+  Engine* const engine_;
+  const Options options_;
+  mutable absl::Mutex mu_;
+  mutable Cache cache_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace lazyram
+
+#endif  // LAZYRAM_DAEMON_FORENSICS_FORENSIC_VIEWS_H_
