@@ -24,10 +24,10 @@ timespec Now() {
 
 }  // namespace
 
-Filesystem::Filesystem(Engine* engine, Options options)
-    : engine_(engine), options_(std::move(options)), mount_time_(Now()) {}
+Filesystem::Filesystem(Parts parts, Options options)
+    : parts_(parts), options_(std::move(options)), mount_time_(Now()) {}
 
-absl::StatusOr<std::unique_ptr<Filesystem>> Filesystem::Mount(Engine* engine, Options options) {
+absl::StatusOr<std::unique_ptr<Filesystem>> Filesystem::Mount(Parts parts, Options options) {
   char resolved[PATH_MAX];
   if (realpath(options.mountpoint.c_str(), resolved) == nullptr) {
     return absl::NotFoundError(absl::StrCat("mount point ", options.mountpoint, " does not exist"));
@@ -38,14 +38,14 @@ absl::StatusOr<std::unique_ptr<Filesystem>> Filesystem::Mount(Engine* engine, Op
         absl::StrCat("mount point ", options.mountpoint, " is not a directory"));
   }
   options.mountpoint = resolved;
-  std::unique_ptr<Filesystem> fs(new Filesystem(engine, std::move(options)));
+  std::unique_ptr<Filesystem> fs(new Filesystem(parts, std::move(options)));
 
   std::string mount_opts = "fsname=lazyram,subtype=lazyram,default_permissions";
   if (fs->options_.allow_other) mount_opts += ",allow_other";
   if (fs->options_.read_only) mount_opts += ",ro";
-  if (engine->views() != nullptr) {
-    fs->views_ = std::make_unique<ViewsDir>(engine->views(), fs->options_.read_only,
-                                            fs->mount_time_, getuid(), getgid());
+  if (parts.views != nullptr) {
+    fs->views_ = std::make_unique<ViewsDir>(parts.views, fs->options_.read_only, fs->mount_time_,
+                                            getuid(), getgid());
   }
   std::vector<std::string> args = {"lazyramd", "-o", mount_opts};
   std::vector<char*> argv;
@@ -59,26 +59,26 @@ absl::StatusOr<std::unique_ptr<Filesystem>> Filesystem::Mount(Engine* engine, Op
     return absl::UnavailableError(
         absl::StrCat("cannot mount on ", fs->options_.mountpoint, " (is /dev/fuse available?)"));
   }
-  if (fs->options_.passthrough && engine->memory_store()) {
+  if (fs->options_.passthrough && parts.regions->memory_store()) {
     if (absl::Status s = fs->InstallChannel(); !s.ok()) {
       LogWarning("FUSE passthrough is off: %s", s.message());
     }
   }
-  fs->passthrough_ = std::make_unique<PassthroughPolicy>(engine, fs->channel_.get());
+  fs->passthrough_ = std::make_unique<PassthroughPolicy>(parts.regions, fs->channel_.get());
   PassthroughPolicy* policy = fs->passthrough_.get();
-  engine->SetStatusSection("passthrough", [policy] { return policy->StatusJson(); });
-  engine->SetRegionStatusHook(
+  parts.status->SetSection("passthrough", [policy] { return policy->StatusJson(); });
+  parts.status->SetRegionHook(
       [policy](size_t index, nlohmann::json* region) { policy->AddRegionStatus(index, region); });
   if (fs->options_.push && !fs->options_.read_only) {
     // A region whose files open in passthrough mode has no page cache
     // anyone reads: nothing to warm.
     fs->pusher_ = std::make_unique<PagePusher>(
-        engine, fs->options_.mountpoint,
+        parts.regions, fs->options_.mountpoint,
         [policy](size_t index) { return policy->WouldPassthrough(index); });
     PagePusher* p = fs->pusher_.get();
-    engine->SetStatusSection("push", [p] { return p->StatusJson(); });
+    parts.status->SetSection("push", [p] { return p->StatusJson(); });
   } else {
-    engine->SetStatusSection("push", [] { return nlohmann::json{{"enabled", false}}; });
+    parts.status->SetSection("push", [] { return nlohmann::json{{"enabled", false}}; });
   }
   if (absl::Status s = RaiseWritebackLimits(fs->options_.mountpoint); !s.ok()) {
     LogWarning("guest writes may be slow: %s", s.message());
@@ -87,9 +87,9 @@ absl::StatusOr<std::unique_ptr<Filesystem>> Filesystem::Mount(Engine* engine, Op
 }
 
 Filesystem::~Filesystem() {
-  engine_->SetStatusSection("push", nullptr);
-  engine_->SetStatusSection("passthrough", nullptr);
-  engine_->SetRegionStatusHook(nullptr);
+  parts_.status->SetSection("push", nullptr);
+  parts_.status->SetSection("passthrough", nullptr);
+  parts_.status->SetRegionHook(nullptr);
   pusher_.reset();
   if (session_ == nullptr) return;
   if (passthrough_ != nullptr) passthrough_->CloseBackings();
@@ -162,7 +162,7 @@ struct stat Filesystem::RootAttr() const {
 
 struct stat Filesystem::RegionAttr(size_t index) const {
   struct stat st {};
-  Region* region = engine_->region(index);
+  Region* region = parts_.regions->region(index);
   st.st_ino = index + 2;
   st.st_mode = S_IFREG | 0600;
   st.st_nlink = 1;

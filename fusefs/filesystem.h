@@ -1,5 +1,5 @@
 // Filesystem: the kernel-facing layer. Mounts a FUSE filesystem whose root
-// holds one regular file per engine region, and maps libfuse low-level
+// holds one regular file per region of a RegionSet, and maps libfuse low-level
 // requests onto Region calls. Inode numbers are region index + 2 (1 is the
 // root) and never reused: regions are never removed.
 //
@@ -16,7 +16,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "daemon/engine/engine.h"
+#include "daemon/control/status_sections.h"
+#include "daemon/core/region_set.h"
+#include "daemon/forensics/forensic_views.h"
 #include "fusefs/page_pusher.h"
 #include "fusefs/passthrough_channel.h"
 #include "fusefs/passthrough_policy.h"
@@ -42,8 +44,14 @@ class Filesystem {
     bool passthrough = true;
   };
 
-  // Mounts. The engine must outlive the Filesystem.
-  static absl::StatusOr<std::unique_ptr<Filesystem>> Mount(Engine* engine, Options options);
+  // What the filesystem serves; each must outlive the Filesystem.
+  struct Parts {
+    RegionSet* regions = nullptr;          // not null
+    const ForensicViews* views = nullptr;  // null: no views/ folder
+    StatusSections* status = nullptr;      // not null: push and passthrough report here
+  };
+
+  static absl::StatusOr<std::unique_ptr<Filesystem>> Mount(Parts parts, Options options);
   Filesystem(const Filesystem&) = delete;
   Filesystem& operator=(const Filesystem&) = delete;
   // Unmounts if still mounted and frees the session.
@@ -60,10 +68,10 @@ class Filesystem {
   const std::string& mountpoint() const { return options_.mountpoint; }
 
   // Called by the request handlers (fusefs/filesystem_ops.cc).
-  Engine* engine() const { return engine_; }
+  RegionSet* regions() const { return parts_.regions; }
   struct stat RegionAttr(size_t index) const;
   struct stat RootAttr() const;
-  // The views/ folder; null when the engine has no views.
+  // The views/ folder; null when the mount has none.
   ViewsDir* views() const { return views_.get(); }
   // Null when pushing is off.
   PagePusher* pusher() const { return pusher_.get(); }
@@ -72,11 +80,11 @@ class Filesystem {
   PassthroughChannel* channel() const { return channel_.get(); }
 
  private:
-  Filesystem(Engine* engine, Options options);
+  Filesystem(Parts parts, Options options);
   // Puts a PassthroughChannel between libfuse and /dev/fuse.
   absl::Status InstallChannel();
 
-  Engine* const engine_;
+  const Parts parts_;
   const Options options_;
   const timespec mount_time_;  // every file's mtime: a changed mtime drops caches
   std::unique_ptr<ViewsDir> views_;

@@ -37,7 +37,7 @@ size_t RegionOf(const fuse_file_info* fi) { return fi->fh & ~kPassthroughHandle;
 ssize_t IndexOf(Filesystem* fs, fuse_ino_t ino) {
   if (ino < 2) return -1;
   const size_t index = ino - 2;
-  return fs->engine()->region(index) == nullptr ? -1 : static_cast<ssize_t>(index);
+  return fs->regions()->region(index) == nullptr ? -1 : static_cast<ssize_t>(index);
 }
 
 void ReplyStatus(fuse_req_t req, const absl::Status& status) {
@@ -98,7 +98,7 @@ void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   if (fs->views() != nullptr && std::strcmp(name, kViewsDirName) == 0) {
     return fs->views()->LookupInRoot(req);
   }
-  std::optional<size_t> index = fs->engine()->FindRegion(name);
+  std::optional<size_t> index = fs->regions()->FindRegion(name);
   if (!index.has_value()) return (void)fuse_reply_err(req, ENOENT);
   fuse_entry_param e = EntryFor(fs, *index);
   fuse_reply_entry(req, &e);
@@ -123,14 +123,14 @@ void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
 void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
              fuse_file_info* /*fi*/) {
   Filesystem* fs = Fs(req);
-  if (fs->engine()->read_only() || ViewsDir::Owns(ino)) return (void)fuse_reply_err(req, EROFS);
+  if (fs->regions()->read_only() || ViewsDir::Owns(ino)) return (void)fuse_reply_err(req, EROFS);
   ssize_t index = IndexOf(fs, ino);
   if (index < 0) return (void)fuse_reply_err(req, ino == FUSE_ROOT_ID ? EPERM : ENOENT);
   if (to_set & FUSE_SET_ATTR_SIZE) {
     // From the size the store really has: a truncation must cut what a
     // passthrough write appended too.
     fs->passthrough()->AdoptGrowth(static_cast<size_t>(index));
-    absl::Status s = fs->engine()
+    absl::Status s = fs->regions()
                          ->region(static_cast<size_t>(index))
                          ->Resize(static_cast<uint64_t>(attr->st_size));
     if (!s.ok()) return ReplyStatus(req, s);
@@ -147,7 +147,8 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (ViewsDir::Owns(ino) && fs->views() != nullptr) return fs->views()->Open(req, ino, fi);
   ssize_t index = IndexOf(fs, ino);
   if (index < 0) return (void)fuse_reply_err(req, ENOENT);
-  if (fs->engine()->read_only() && ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))) {
+  if (fs->regions()->read_only() &&
+      ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))) {
     return (void)fuse_reply_err(req, EROFS);
   }
   const bool passthrough = PrepareOpen(fs, static_cast<size_t>(index), fi);
@@ -158,9 +159,9 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/,
             fuse_file_info* fi) {
   Filesystem* fs = Fs(req);
-  if (fs->engine()->read_only() || parent == kViewsDirIno) return (void)fuse_reply_err(req, EROFS);
+  if (fs->regions()->read_only() || parent == kViewsDirIno) return (void)fuse_reply_err(req, EROFS);
   if (parent != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOENT);
-  absl::StatusOr<size_t> index = fs->engine()->CreateRegion(name);
+  absl::StatusOr<size_t> index = fs->regions()->CreateRegion(name);
   if (!index.ok()) return ReplyStatus(req, index.status());
   fuse_entry_param e = EntryFor(fs, *index);
   const bool passthrough = PrepareOpen(fs, *index, fi);
@@ -215,7 +216,7 @@ bool IsPushRead(fuse_req_t req) {
 
 void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
   if (ViewsDir::Owns(ino)) return Fs(req)->views()->Read(req, size, off, fi);
-  Region* region = Fs(req)->engine()->region(RegionOf(fi));
+  Region* region = Fs(req)->regions()->region(RegionOf(fi));
   const uint64_t region_size = region->size();
   const uint64_t offset = static_cast<uint64_t>(off);
   if (offset >= region_size || size == 0) return (void)fuse_reply_buf(req, nullptr, 0);
@@ -243,11 +244,11 @@ void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info
 
 void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
            fuse_file_info* fi) {
-  if (Fs(req)->engine()->read_only() || ViewsDir::Owns(ino)) {
+  if (Fs(req)->regions()->read_only() || ViewsDir::Owns(ino)) {
     return (void)fuse_reply_err(req, EROFS);
   }
   TuneWorker();
-  Region* region = Fs(req)->engine()->region(RegionOf(fi));
+  Region* region = Fs(req)->regions()->region(RegionOf(fi));
   region->Write(static_cast<uint64_t>(off), std::span(reinterpret_cast<const uint8_t*>(buf), size),
                 [req, size](absl::Status s) {
                   if (!s.ok()) return ReplyStatus(req, s);
@@ -257,10 +258,10 @@ void Write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t o
 
 void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
                fuse_file_info* fi) {
-  if (Fs(req)->engine()->read_only() || ViewsDir::Owns(ino)) {
+  if (Fs(req)->regions()->read_only() || ViewsDir::Owns(ino)) {
     return (void)fuse_reply_err(req, EROFS);
   }
-  Region* region = Fs(req)->engine()->region(RegionOf(fi));
+  Region* region = Fs(req)->regions()->region(RegionOf(fi));
   const auto off = static_cast<uint64_t>(offset), len = static_cast<uint64_t>(length);
   if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) {
     return region->Punch(off, len, [req](absl::Status s) { ReplyStatus(req, s); });
@@ -296,7 +297,7 @@ void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
   // Entry k (0 ".", 1 "..", then "views" on a forensic mount, then
   // regions) carries offset k+1: the offset a next call resumes from.
   const size_t first_region = fs->views() != nullptr ? 3 : 2;
-  const size_t total = first_region + fs->engine()->region_count();
+  const size_t total = first_region + fs->regions()->region_count();
   for (size_t k = static_cast<size_t>(off); k < total; ++k) {
     struct stat st {};
     std::string name;
@@ -311,7 +312,7 @@ void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
     } else {
       st.st_ino = k - first_region + 2;  // region i has inode i + 2
       st.st_mode = S_IFREG;
-      name = fs->engine()->region(k - first_region)->name();
+      name = fs->regions()->region(k - first_region)->name();
     }
     size_t need = fuse_add_direntry(req, buf.data() + used, size - used, name.c_str(), &st,
                                     static_cast<off_t>(k + 1));
@@ -325,10 +326,10 @@ void StatFs(fuse_req_t req, fuse_ino_t) {
   Filesystem* fs = Fs(req);
   struct statvfs sv {};
   sv.f_bsize = sv.f_frsize = 4096;
-  for (size_t i = 0; i < fs->engine()->region_count(); ++i) {
-    sv.f_blocks += (fs->engine()->region(i)->size() + 4095) / 4096;
+  for (size_t i = 0; i < fs->regions()->region_count(); ++i) {
+    sv.f_blocks += (fs->regions()->region(i)->size() + 4095) / 4096;
   }
-  sv.f_files = fs->engine()->region_count();
+  sv.f_files = fs->regions()->region_count();
   sv.f_namemax = 255;
   fuse_reply_statfs(req, &sv);
 }
@@ -336,7 +337,7 @@ void StatFs(fuse_req_t req, fuse_ino_t) {
 // SEEK_DATA / SEEK_HOLE. A region is all data; a view knows its holes.
 void Lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) {
   if (ViewsDir::Owns(ino)) return Fs(req)->views()->Lseek(req, off, whence, fi);
-  Region* region = Fs(req)->engine()->region(RegionOf(fi));
+  Region* region = Fs(req)->regions()->region(RegionOf(fi));
   const uint64_t size = region->size();
   if (off < 0 || (whence != SEEK_DATA && whence != SEEK_HOLE)) {
     return (void)fuse_reply_err(req, EINVAL);
@@ -347,7 +348,7 @@ void Lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info
 
 // Namespace changes: never supported; EROFS on a read-only mount.
 void NoNamespaceChange(fuse_req_t req) {
-  fuse_reply_err(req, Fs(req)->engine()->read_only() ? EROFS : ENOSYS);
+  fuse_reply_err(req, Fs(req)->regions()->read_only() ? EROFS : ENOSYS);
 }
 void Mknod(fuse_req_t req, fuse_ino_t, const char*, mode_t, dev_t) { NoNamespaceChange(req); }
 void Mkdir(fuse_req_t req, fuse_ino_t, const char*, mode_t) { NoNamespaceChange(req); }

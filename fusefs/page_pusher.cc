@@ -16,14 +16,14 @@ constexpr uint64_t kPageSize = protocol::kPageSize;
 
 }  // namespace
 
-PagePusher::PagePusher(Engine* engine, std::string mountpoint, SkipRegion skip)
-    : engine_(engine), mountpoint_(std::move(mountpoint)), skip_(std::move(skip)) {
+PagePusher::PagePusher(RegionSet* regions, std::string mountpoint, SkipRegion skip)
+    : regions_(regions), mountpoint_(std::move(mountpoint)), skip_(std::move(skip)) {
   thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "lazyram-push");
     Loop();
   });
-  for (size_t i = 0; i < engine->region_count(); ++i) {
-    Region* region = engine->region(i);
+  for (size_t i = 0; i < regions->region_count(); ++i) {
+    Region* region = regions->region(i);
     if (!region->has_source()) continue;
     listened_.push_back(i);
     region->SetPullListener([this, i](uint64_t first, uint32_t count) {
@@ -33,7 +33,7 @@ PagePusher::PagePusher(Engine* engine, std::string mountpoint, SkipRegion skip)
 }
 
 PagePusher::~PagePusher() {
-  for (size_t i : listened_) engine_->region(i)->SetPullListener(nullptr);
+  for (size_t i : listened_) regions_->region(i)->SetPullListener(nullptr);
   {
     absl::MutexLock lock(&mu_);
     stop_ = true;
@@ -95,7 +95,7 @@ void PagePusher::Loop() {
 }
 
 void PagePusher::Warm(const Run& run) {
-  Region* region = engine_->region(run.index);
+  Region* region = regions_->region(run.index);
   const uint64_t offset = run.first * kPageSize;
   const uint64_t end = std::min(region->size(), (run.first + run.count) * kPageSize);
   if (offset >= end) return;

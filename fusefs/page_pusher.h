@@ -35,7 +35,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
-#include "daemon/engine/engine.h"
+#include "daemon/core/region_set.h"
 #include "fusefs/warm_helper.h"
 #include "nlohmann/json.hpp"
 
@@ -47,9 +47,9 @@ class PagePusher {
   // its page cache is then never read, and its runs are not warmed.
   using SkipRegion = absl::AnyInvocable<bool(size_t index) const>;
 
-  // Listens to the pulls of every region of `engine` that has a source;
+  // Listens to the pulls of every region of `regions` that has a source;
   // `mountpoint` is where those regions are files. `skip` may be null.
-  PagePusher(Engine* engine, std::string mountpoint, SkipRegion skip = nullptr);
+  PagePusher(RegionSet* regions, std::string mountpoint, SkipRegion skip = nullptr);
   PagePusher(const PagePusher&) = delete;
   PagePusher& operator=(const PagePusher&) = delete;
   // Stops listening and warming; waits for the readahead in progress.
@@ -79,7 +79,7 @@ class PagePusher {
   void Warm(const Run& run);
   void CloseFiles();
 
-  Engine* const engine_;
+  RegionSet* const regions_;
   const std::string mountpoint_;
   const SkipRegion skip_;
   std::vector<size_t> listened_;        // indices of the regions we listen to

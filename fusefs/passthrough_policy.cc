@@ -24,7 +24,7 @@ bool PassthroughPolicy::Eligible(Region& region) const {
 bool PassthroughPolicy::usable() const { return channel_ != nullptr && failure_.empty(); }
 
 PassthroughPolicy::Grant PassthroughPolicy::Open(size_t index) {
-  Region* region = engine_->region(index);
+  Region* region = regions_->region(index);
   // A complete region stays complete, so this may be looked at unlocked.
   const bool eligible = Eligible(*region);
   absl::MutexLock lock(&mu_);
@@ -82,7 +82,7 @@ void PassthroughPolicy::GrantFailed(size_t index) {
 }
 
 bool PassthroughPolicy::WouldPassthrough(size_t index) const {
-  Region* region = engine_->region(index);
+  Region* region = regions_->region(index);
   const bool eligible = region != nullptr && Eligible(*region);
   absl::MutexLock lock(&mu_);
   if (!usable()) return false;
@@ -92,7 +92,7 @@ bool PassthroughPolicy::WouldPassthrough(size_t index) const {
 }
 
 void PassthroughPolicy::AdoptGrowth(size_t index) {
-  Region* region = engine_->region(index);
+  Region* region = regions_->region(index);
   if (region == nullptr || region->has_source()) return;
   {
     absl::MutexLock lock(&mu_);

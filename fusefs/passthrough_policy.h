@@ -27,7 +27,7 @@
 // daemon adopts the memfd's size when asked for attributes or status.
 //
 // Thread-safety: every method may be called from any thread. Lock order:
-// mu_ before a Region's locks; mu_ is never held while calling the Engine.
+// mu_ before a Region's locks; mu_ is never held while calling the RegionSet.
 #ifndef LAZYRAM_FUSEFS_PASSTHROUGH_POLICY_H_
 #define LAZYRAM_FUSEFS_PASSTHROUGH_POLICY_H_
 
@@ -38,7 +38,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
-#include "daemon/engine/engine.h"
+#include "daemon/core/region_set.h"
 #include "fusefs/passthrough_channel.h"
 #include "nlohmann/json.hpp"
 
@@ -48,8 +48,8 @@ class PassthroughPolicy {
  public:
   // `channel` null: passthrough is off (--passthrough off, or a store that
   // is not a memfd) and every open is cached. Both must outlive the policy.
-  PassthroughPolicy(Engine* engine, PassthroughChannel* channel)
-      : engine_(engine), channel_(channel) {}
+  PassthroughPolicy(RegionSet* regions, PassthroughChannel* channel)
+      : regions_(regions), channel_(channel) {}
   PassthroughPolicy(const PassthroughPolicy&) = delete;
   PassthroughPolicy& operator=(const PassthroughPolicy&) = delete;
 
@@ -96,7 +96,7 @@ class PassthroughPolicy {
   bool GoPassthrough(Region& region, State* state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool usable() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
-  Engine* const engine_;
+  RegionSet* const regions_;
   PassthroughChannel* const channel_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<size_t, State> states_ ABSL_GUARDED_BY(mu_);

@@ -7,6 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/time.h"
+#include "daemon/core/puller.h"
+#include "daemon/engine/engine.h"
+#include "daemon/fetch/fetcher.h"
 #include "daemon/server/page_server.h"
 
 namespace lazyram {
@@ -26,7 +30,7 @@ struct MountOptions {
   std::optional<std::string> source;    // tcp://HOST:PORT, file://PATH, qemu-stream://PATH
   std::vector<std::string> replicas;    // the further --source values: tcp:// only
   std::optional<double> fetch_timeout;  // seconds; none: demand fetches wait forever
-  uint64_t max_fetch_memory_mib = 64;
+  uint64_t max_fetch_memory_mib = Fetcher::Options{}.max_memory >> 20;
   std::string store = "mem";  // "mem" or a directory
   std::optional<std::string> control;
   std::optional<std::string> log;
@@ -36,8 +40,10 @@ struct MountOptions {
   std::optional<std::string> machine;  // "pc" or "q35"
   bool foreground = false;
   bool allow_other = false;
-  double checkpoint_interval = 30;  // seconds; 0: only at a clean shutdown
-  double pull_yield_ms = 5;         // the pull yields for this long after a fault; 0: never
+  // Seconds; 0: only at a clean shutdown.
+  double checkpoint_interval = absl::ToDoubleSeconds(Engine::Options{}.checkpoint_interval);
+  // The pull yields for this long after a fault; 0: never.
+  double pull_yield_ms = absl::ToDoubleMilliseconds(Puller::Options{}.fault_quiet);
   std::optional<std::string> auth_key_file;
   std::string push = "on";         // push pulled pages into the page cache
   std::string passthrough = "on";  // complete regions open in FUSE passthrough mode

@@ -76,7 +76,7 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
       report.Failed(key.status().message());
       return 1;
     }
-    engine_options.auth_key = *std::move(key);
+    engine_options.fetch.auth_key = *std::move(key);
   }
   if (options.source.has_value()) {
     absl::StatusOr<SourceUrl> source = SourceUrl::Parse(*options.source);
@@ -87,16 +87,16 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
     if (source->is_local()) {
       engine_options.local_source = *source;
     } else {
-      engine_options.source = source->address;
+      engine_options.fetch.addresses.push_back(source->address);
     }
     for (const std::string& replica : options.replicas) {
-      engine_options.replicas.push_back(SourceUrl::Parse(replica)->address);  // checked
+      engine_options.fetch.addresses.push_back(SourceUrl::Parse(replica)->address);  // checked
     }
   }
   if (options.fetch_timeout.has_value()) {
-    engine_options.fetch_timeout = absl::Seconds(*options.fetch_timeout);
+    engine_options.fetch.fetch_timeout = absl::Seconds(*options.fetch_timeout);
   }
-  engine_options.max_fetch_memory = options.max_fetch_memory_mib << 20;
+  engine_options.fetch.max_memory = options.max_fetch_memory_mib << 20;
   if (options.store != "mem") engine_options.store_dir = options.store;
   // Local sources are read where they lie: nothing is pulled unless asked.
   engine_options.prefetch = options.prefetch_given || !engine_options.local_source.has_value()
@@ -104,7 +104,7 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
                                 : false;
   engine_options.read_only = options.read_only;
   engine_options.checkpoint_interval = absl::Seconds(options.checkpoint_interval);
-  engine_options.pull_yield = absl::Milliseconds(options.pull_yield_ms);
+  engine_options.pull.fault_quiet = absl::Milliseconds(options.pull_yield_ms);
   if (options.machine.has_value()) {
     engine_options.machine = *GuestLayout::ParseMachine(*options.machine);  // checked by main.cc
   }
@@ -115,17 +115,20 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
     return 1;
   }
   absl::StatusOr<std::unique_ptr<ControlServer>> control =
-      ControlServer::Start(control_path, engine->get());
+      ControlServer::Start(control_path, (*engine)->control());
   if (!control.ok()) {
     report.Failed(control.status().message());
     return 1;
   }
   absl::StatusOr<std::unique_ptr<fusefs::Filesystem>> fs =
-      fusefs::Filesystem::Mount(engine->get(), {.mountpoint = options.mountpoint,
-                                                .allow_other = options.allow_other,
-                                                .read_only = options.read_only,
-                                                .push = options.push == "on",
-                                                .passthrough = options.passthrough == "on"});
+      fusefs::Filesystem::Mount({.regions = engine->get(),
+                                 .views = (*engine)->views(),
+                                 .status = (*engine)->status_sections()},
+                                {.mountpoint = options.mountpoint,
+                                 .allow_other = options.allow_other,
+                                 .read_only = options.read_only,
+                                 .push = options.push == "on",
+                                 .passthrough = options.passthrough == "on"});
   if (!fs.ok()) {
     report.Failed(fs.status().message());
     return 1;
@@ -138,7 +141,7 @@ int Serve(const MountOptions& options, const std::string& control_path, StartupR
     absl::Status status;
   };
   auto closed = std::make_shared<Closed>();
-  (*engine)->SetUnmountHandler([filesystem, closed] {
+  (*engine)->control()->SetUnmountHandler([filesystem, closed] {
     if (absl::Status s = filesystem->Unmount(/*lazy=*/false); !s.ok()) return s;
     // The session ends when the kernel lets go of the filesystem. A copy of
     // the mount in another mount namespace (one unshared while this was
@@ -258,7 +261,7 @@ int RunMount(const MountOptions& options) {
     return 1;
   }
   const uint64_t min_mib =
-      (Fetcher::MinMemory(Engine::Options{}.bulk_connections) + (1 << 20) - 1) >> 20;
+      (Fetcher::MinMemory(Fetcher::Options{}.bulk_connections) + (1 << 20) - 1) >> 20;
   if (options.max_fetch_memory_mib < min_mib ||
       options.max_fetch_memory_mib > (uint64_t{1} << 30)) {
     PrintError(absl::StrCat("--max-fetch-memory ", options.max_fetch_memory_mib,

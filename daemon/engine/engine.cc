@@ -21,14 +21,6 @@
 #include "daemon/store/store_dir.h"
 
 namespace lazyram {
-namespace {
-
-// Prefetch asks for this much at a time: a whole-region prefetch neither
-// parks a waiter on every page of a huge region nor queues more than this
-// ahead of a consumer's fault on the demand connection.
-constexpr uint64_t kPrefetchWindow = 16ull << 20;
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Options options) {
   if (!options.store_dir.empty()) {
@@ -45,57 +37,59 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Options options) {
     if (!store_dir.ok()) return store_dir.status();
     engine->store_dir_ = *std::move(store_dir);
   }
+  absl::Status attached;
   if (opts.local_source.has_value()) {
-    if (absl::Status s = engine->AttachLocalSource(); !s.ok()) return s;
-    return engine;
+    attached = engine->AttachLocalSource();
+  } else if (!opts.fetch.addresses.empty()) {
+    attached = engine->AttachPageServer();
+  } else if (engine->store_dir_ != nullptr) {
+    attached = engine->RestoreSourcelessRegions();
   }
-  if (opts.read_only || opts.machine.has_value()) {
+  if (!attached.ok()) return attached;
+  if (engine->views_ == nullptr && (opts.read_only || opts.machine.has_value())) {
+    const std::string source =
+        opts.fetch.addresses.empty() ? "" : "tcp://" + opts.fetch.addresses[0].ToString();
     engine->views_ = std::make_unique<ForensicViews>(
-        engine.get(), ForensicViews::Options{opts.machine, "",
-                                             opts.source.has_value()
-                                                 ? absl::StrCat("tcp://", opts.source->ToString())
-                                                 : std::string(),
-                                             opts.read_only});
+        engine.get(), &engine->hasher_,
+        ForensicViews::Options{opts.machine, "", source, opts.read_only});
   }
-  if (!opts.source.has_value()) {
-    if (engine->store_dir_ != nullptr) {
-      if (absl::Status s = engine->RestoreSourcelessRegions(); !s.ok()) return s;
-    }
-    return engine;
-  }
+  engine->control_ = std::make_unique<MountControl>(
+      MountControl::Parts{.regions = engine.get(),
+                          .hasher = &engine->hasher_,
+                          .fetcher = engine->fetcher_.get(),
+                          .local_source = engine->local_source_ != nullptr,
+                          .sections = &engine->status_sections_});
+  return engine;
+}
 
-  std::vector<NetAddress> addresses = {*opts.source};
-  addresses.insert(addresses.end(), opts.replicas.begin(), opts.replicas.end());
-  absl::StatusOr<std::unique_ptr<Fetcher>> fetcher =
-      Fetcher::Connect({std::move(addresses), opts.bulk_connections, opts.connect_timeout,
-                        opts.auth_key, opts.fetch_timeout, opts.max_fetch_memory});
+absl::Status Engine::AttachPageServer() {
+  absl::StatusOr<std::unique_ptr<Fetcher>> fetcher = Fetcher::Connect(options_.fetch);
   if (!fetcher.ok()) return fetcher.status();
-  engine->fetcher_ = *std::move(fetcher);
-  for (const protocol::RegionInfo& info : engine->fetcher_->welcome().regions) {
+  fetcher_ = *std::move(fetcher);
+  protocol::Welcome welcome = fetcher_->welcome();
+  for (const protocol::RegionInfo& info : welcome.regions) {
     if (absl::Status s = ValidateRegionName(info.name); !s.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("page server sent a bad region: ", s.message()));
     }
   }
-  protocol::Welcome welcome = engine->fetcher_->welcome();
-
-  if (engine->store_dir_ != nullptr) {
-    if (absl::Status s = engine->store_dir_->CheckSource(welcome.regions); !s.ok()) return s;
+  if (store_dir_ != nullptr) {
+    if (absl::Status s = store_dir_->CheckSource(welcome.regions); !s.ok()) return s;
   }
-  absl::MutexLock lock(&engine->mu_);
+  absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < welcome.regions.size(); ++i) {
     protocol::RegionInfo& info = welcome.regions[i];
-    Region::Options ro{info.name,
-                       static_cast<uint32_t>(i),
-                       info.size,
-                       engine->fetcher_.get(),
-                       std::move(info.zero_extents),
-                       info.size};
-    absl::StatusOr<std::unique_ptr<Region>> region = engine->BuildRegion(std::move(ro));
+    absl::StatusOr<std::unique_ptr<Region>> region =
+        BuildRegion({.name = info.name,
+                     .index = static_cast<uint32_t>(i),
+                     .size = info.size,
+                     .source = fetcher_.get(),
+                     .zero_extents = std::move(info.zero_extents),
+                     .max_size = info.size});
     if (!region.ok()) return region.status();
-    engine->regions_.push_back(*std::move(region));
+    regions_.push_back(*std::move(region));
   }
-  return engine;
+  return absl::OkStatus();
 }
 
 absl::Status Engine::AttachLocalSource() {
@@ -128,15 +122,19 @@ absl::Status Engine::AttachLocalSource() {
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < infos.size(); ++i) {
     const protocol::RegionInfo& info = infos[i];
-    Region::Options ro{info.name,           static_cast<uint32_t>(i), info.size,
-                       local_source_.get(), info.zero_extents,        info.size};
-    absl::StatusOr<std::unique_ptr<Region>> region = BuildRegion(std::move(ro));
+    absl::StatusOr<std::unique_ptr<Region>> region = BuildRegion({.name = info.name,
+                                                                  .index = static_cast<uint32_t>(i),
+                                                                  .size = info.size,
+                                                                  .source = local_source_.get(),
+                                                                  .zero_extents = info.zero_extents,
+                                                                  .max_size = info.size});
     if (!region.ok()) return region.status();
     regions_.push_back(*std::move(region));
   }
   views_ = std::make_unique<ForensicViews>(
-      this, ForensicViews::Options{options_.machine, std::move(qemu_machine), url.ToString(),
-                                   options_.read_only});
+      this, &hasher_,
+      ForensicViews::Options{options_.machine, std::move(qemu_machine), url.ToString(),
+                             options_.read_only});
   return absl::OkStatus();
 }
 
@@ -189,9 +187,8 @@ void Engine::StartPull() {
     absl::MutexLock lock(&mu_);
     for (auto& r : regions_) regions.push_back(r.get());
   }
-  puller_ = std::make_unique<Puller>(std::move(regions),
-                                     Puller::Options{.fault_quiet = options_.pull_yield},
-                                     [this] { OnPullComplete(); });
+  puller_ =
+      std::make_unique<Puller>(std::move(regions), options_.pull, [this] { OnPullComplete(); });
 }
 
 void Engine::OnPullComplete() {
@@ -280,200 +277,13 @@ absl::StatusOr<size_t> Engine::CreateRegion(absl::string_view name) {
   for (size_t i = 0; i < regions_.size(); ++i) {
     if (regions_[i]->name() == name) return i;
   }
-  Region::Options ro{
-      std::string(name),       static_cast<uint32_t>(regions_.size()), 0, nullptr, {},
-      options_.max_region_size};
-  absl::StatusOr<std::unique_ptr<Region>> region = BuildRegion(std::move(ro));
+  absl::StatusOr<std::unique_ptr<Region>> region =
+      BuildRegion({.name = std::string(name),
+                   .index = static_cast<uint32_t>(regions_.size()),
+                   .max_size = options_.max_region_size});
   if (!region.ok()) return region.status();
   regions_.push_back(*std::move(region));
   return regions_.size() - 1;
-}
-
-absl::Status Engine::Prefetch(absl::string_view name, std::optional<uint64_t> offset,
-                              std::optional<uint64_t> length) {
-  std::optional<size_t> index = FindRegion(name);
-  if (!index.has_value()) return absl::NotFoundError(absl::StrCat("no region named '", name, "'"));
-  Region* r = region(*index);
-  const uint64_t size = r->size();
-  const uint64_t begin = offset.value_or(0);
-  const uint64_t len = length.value_or(size - std::min(begin, size));
-  if (begin > size || len > size - begin) {
-    return absl::OutOfRangeError(absl::StrCat("range ", begin, "+", len, " is past the end of '",
-                                              name, "' (", size, " bytes)"));
-  }
-  for (uint64_t at = begin; at < begin + len; at += kPrefetchWindow) {
-    const uint64_t n = std::min(kPrefetchWindow, begin + len - at);
-    absl::Notification done;
-    absl::Status status;
-    r->Prefetch(at, n, [&](absl::Status s) {
-      status = std::move(s);
-      done.Notify();
-    });
-    done.WaitForNotification();
-    if (!status.ok()) return status;
-  }
-  return absl::OkStatus();
-}
-
-nlohmann::json Engine::StatusJson() const {
-  nlohmann::json regions = nlohmann::json::array();
-  bool complete = true;
-  {
-    absl::MutexLock lock(&mu_);
-    for (const auto& r : regions_) {
-      RegionStats s = r->Stats();
-      complete = complete && s.complete;
-      regions.push_back(
-          {{"name", s.name},
-           {"size", s.size},
-           {"pages_total", s.pages_total},
-           {"pages_present", s.pages_present},
-           {"pages_dirty", s.pages_dirty},
-           {"pages_zero", s.pages_zero},
-           {"bytes_fetched", s.bytes_fetched},
-           {"demand_fetches", s.demand_fetches},
-           {"pages_restored", r->pages_restored()},
-           {"fetch_latency_us",
-            {{"p50", s.latency_p50_us}, {"p99", s.latency_p99_us}, {"max", s.latency_max_us}}},
-           {"complete", s.complete}});
-    }
-  }
-  {
-    absl::MutexLock lock(&sections_mu_);
-    if (region_hook_) {
-      for (size_t i = 0; i < regions.size(); ++i) region_hook_(i, &regions[i]);
-    }
-  }
-  std::string source = fetcher_ != nullptr        ? std::string(SourceStateName(fetcher_->state()))
-                       : local_source_ != nullptr ? "local"
-                                                  : "none";
-  nlohmann::json out = {
-      {"source", source}, {"complete", complete}, {"pid", getpid()}, {"regions", regions}};
-  if (fetcher_ != nullptr) {
-    const Fetcher::Stats stats = fetcher_->stats();
-    out["checksum_errors"] = stats.checksum_errors;
-    out["fetch_timeouts"] = stats.fetch_timeouts;
-    out["fetch_memory"] = {{"cap", stats.memory_cap},
-                           {"buffers", stats.memory_buffers},
-                           {"in_flight", stats.memory_inflight},
-                           {"peak", stats.memory_peak},
-                           {"waits", stats.memory_waits}};
-    const SourceReplicas& replicas = fetcher_->replicas();
-    nlohmann::json sources = nlohmann::json::array();
-    for (const SourceReplicas::Info& info : replicas.Snapshot()) {
-      sources.push_back({{"url", info.url},
-                         {"state", std::string(ReplicaStateName(info.state))},
-                         {"connections", info.connections},
-                         {"refusals", info.refusals}});
-    }
-    out["current_source"] = sources[replicas.current()]["url"];
-    out["sources"] = std::move(sources);
-    out["failovers"] = replicas.failovers();
-  }
-  absl::MutexLock lock(&sections_mu_);
-  for (const auto& [key, section] : sections_) out[key] = section();
-  return out;
-}
-
-void Engine::SetStatusSection(std::string key, absl::AnyInvocable<nlohmann::json() const> section) {
-  absl::MutexLock lock(&sections_mu_);
-  std::erase_if(sections_, [&](const auto& s) { return s.first == key; });
-  if (section) sections_.emplace_back(std::move(key), std::move(section));
-}
-
-void Engine::SetRegionStatusHook(RegionStatusHook hook) {
-  absl::MutexLock lock(&sections_mu_);
-  region_hook_ = std::move(hook);
-}
-
-nlohmann::json Engine::HashReply(const nlohmann::json& request) {
-  auto region = request.find("region");
-  if (region == request.end() || !region->is_string()) {
-    return ErrorReply(absl::InvalidArgumentError("hash needs a \"region\" string"));
-  }
-  auto flag = [&](const char* key, bool fallback) -> absl::StatusOr<bool> {
-    auto it = request.find(key);
-    if (it == request.end()) return fallback;
-    if (!it->is_boolean()) {
-      return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be true or false"));
-    }
-    return it->get<bool>();
-  };
-  absl::StatusOr<bool> wait = flag("wait", true), poll = flag("poll", false);
-  if (!wait.ok()) return ErrorReply(wait.status());
-  if (!poll.ok()) return ErrorReply(poll.status());
-  const std::string& name = region->get_ref<const std::string&>();
-  std::optional<size_t> index = FindRegion(name);
-  if (!index.has_value()) {
-    return ErrorReply(absl::NotFoundError(absl::StrCat("no region named '", name, "'")));
-  }
-  if (!*poll) {
-    // The hook also brings the region's size up to date (a write through
-    // FUSE passthrough may have grown it): the run hashes the whole region.
-    absl::MutexLock lock(&sections_mu_);
-    nlohmann::json ignored;
-    if (region_hook_) region_hook_(*index, &ignored);
-  }
-  // A fresh run (or the one under way), unless only polling; answered
-  // when done with "wait", at once without.
-  if (!*poll) hasher_.Start(this->region(*index));
-  std::optional<RegionHasher::Progress> progress =
-      *wait && !*poll ? hasher_.Wait(name) : hasher_.Get(name);
-  if (!progress.has_value()) {
-    return ErrorReply(absl::FailedPreconditionError(
-        absl::StrCat("region '", name, "' has not been hashed (or the daemon is stopping)")));
-  }
-  if (!progress->running && !progress->status.ok()) return ErrorReply(progress->status);
-  nlohmann::json out = {{"region", name},
-                        {"running", progress->running},
-                        {"bytes_done", progress->bytes_done},
-                        {"bytes_total", progress->bytes_total}};
-  if (!progress->running) out["sha256"] = progress->sha256;
-  return OkReply(out);
-}
-
-void Engine::SetUnmountHandler(absl::AnyInvocable<absl::Status()> handler) {
-  absl::MutexLock lock(&unmount_mu_);
-  unmount_ = std::move(handler);
-}
-
-nlohmann::json Engine::Handle(const nlohmann::json& request) {
-  const auto cmd = request.find("cmd");
-  if (cmd == request.end() || !cmd->is_string()) {
-    return ErrorReply(absl::InvalidArgumentError("request has no \"cmd\" string"));
-  }
-  const std::string& name = cmd->get_ref<const std::string&>();
-  if (name == "status") return OkReply(StatusJson());
-  if (name == "prefetch") {
-    auto region = request.find("region");
-    if (region == request.end() || !region->is_string()) {
-      return ErrorReply(absl::InvalidArgumentError("prefetch needs a \"region\" string"));
-    }
-    auto number = [&](const char* key) -> absl::StatusOr<std::optional<uint64_t>> {
-      auto it = request.find(key);
-      if (it == request.end()) return std::nullopt;
-      if (!it->is_number_unsigned()) {
-        return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be a byte count"));
-      }
-      return it->get<uint64_t>();
-    };
-    absl::StatusOr<std::optional<uint64_t>> offset = number("offset"), length = number("length");
-    if (!offset.ok()) return ErrorReply(offset.status());
-    if (!length.ok()) return ErrorReply(length.status());
-    if (offset->has_value() != length->has_value()) {
-      return ErrorReply(absl::InvalidArgumentError("give both offset and length, or neither"));
-    }
-    absl::Status s = Prefetch(region->get<std::string>(), *offset, *length);
-    return s.ok() ? OkReply() : ErrorReply(s);
-  }
-  if (name == "hash") return HashReply(request);
-  if (name == "unmount") {
-    absl::MutexLock lock(&unmount_mu_);
-    if (!unmount_) return ErrorReply(absl::FailedPreconditionError("not mounted"));
-    absl::Status s = unmount_();
-    return s.ok() ? OkReply() : ErrorReply(s);
-  }
-  return ErrorReply(absl::InvalidArgumentError(absl::StrCat("unknown command '", name, "'")));
 }
 
 }  // namespace lazyram

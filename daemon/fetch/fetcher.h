@@ -49,7 +49,7 @@ class Fetcher : public PageSource {
   struct Options {
     std::vector<NetAddress> addresses;  // replicas, in order of preference; not empty
     int bulk_connections = 2;
-    absl::Duration connect_timeout = absl::Seconds(3);
+    absl::Duration connect_timeout = absl::Seconds(5);
     std::shared_ptr<const AuthKey> auth_key;                  // null: no authentication
     absl::Duration fetch_timeout = absl::InfiniteDuration();  // for demand fetches
     uint64_t max_memory = uint64_t{64} << 20;  // at least MinMemory(bulk_connections)

@@ -6,8 +6,6 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "daemon/engine/engine.h"
-
 namespace lazyram {
 namespace {
 
@@ -57,8 +55,8 @@ nlohmann::json RangesJson(const GuestLayout& layout) {
 
 }  // namespace
 
-ForensicViews::ForensicViews(Engine* engine, Options options)
-    : engine_(engine), options_(std::move(options)) {}
+ForensicViews::ForensicViews(const RegionSet* regions, RegionHasher* hasher, Options options)
+    : regions_(regions), hasher_(hasher), options_(std::move(options)) {}
 
 std::optional<MachineType> ForensicViews::machine() const {
   if (options_.machine.has_value()) return options_.machine;
@@ -73,15 +71,15 @@ std::optional<GuestLayout> ForensicViews::Layout(Region** main_ram) const {
   if (!type.has_value()) return std::nullopt;
   std::vector<std::string> names;
   std::vector<uint64_t> sizes;
-  const size_t count = engine_->region_count();
+  const size_t count = regions_->region_count();
   for (size_t i = 0; i < count; ++i) {
-    Region* r = engine_->region(i);
+    Region* r = regions_->region(i);
     names.push_back(r->name());
     sizes.push_back(r->size());
   }
   const std::optional<size_t> main = FindMainRam(names, sizes);
   if (!main.has_value()) return std::nullopt;
-  *main_ram = engine_->region(*main);
+  *main_ram = regions_->region(*main);
   return GuestLayout::ForX86(*type, sizes[*main]);
 }
 
@@ -225,11 +223,11 @@ std::string ForensicViews::ManifestJson() const {
     out["layout"] = nullptr;
   }
   nlohmann::json regions = nlohmann::json::array();
-  const size_t count = engine_->region_count();
+  const size_t count = regions_->region_count();
   for (size_t i = 0; i < count; ++i) {
-    Region* r = engine_->region(i);
+    Region* r = regions_->region(i);
     nlohmann::json entry = {{"name", r->name()}, {"size", r->size()}, {"sha256", nullptr}};
-    std::optional<RegionHasher::Progress> hash = engine_->hasher().Get(r->name());
+    std::optional<RegionHasher::Progress> hash = hasher_->Get(r->name());
     if (hash.has_value() && !hash->running && hash->status.ok()) entry["sha256"] = hash->sha256;
     regions.push_back(std::move(entry));
   }

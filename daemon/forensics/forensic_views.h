@@ -1,5 +1,5 @@
 // ForensicViews: what the mount's views/ folder shows, built from the
-// engine's regions and the guest's memory layout (GuestLayout):
+// mount's regions (a RegionSet) and the guest's memory layout (GuestLayout):
 //   physmem.raw   the guest-physical address space; holes read zero
 //   physmem.lime  LiME: per RAM range a 32-byte header, then its bytes
 //   vmcore.elf    ELF64 ET_CORE: one PT_NOTE, one PT_LOAD per RAM range
@@ -12,7 +12,7 @@
 //
 // Views are built when asked for and cached while the main RAM region
 // keeps its size. Thread-safety: every method may be called from any
-// thread. The engine must outlive this object.
+// thread. The RegionSet and hasher must outlive this object.
 #ifndef LAZYRAM_DAEMON_FORENSICS_FORENSIC_VIEWS_H_
 #define LAZYRAM_DAEMON_FORENSICS_FORENSIC_VIEWS_H_
 
@@ -24,12 +24,12 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "daemon/core/region_hasher.h"
+#include "daemon/core/region_set.h"
 #include "daemon/forensics/guest_layout.h"
 #include "daemon/forensics/memory_view.h"
 
 namespace lazyram {
-
-class Engine;
 
 class ForensicViews {
  public:
@@ -53,7 +53,9 @@ class ForensicViews {
     bool read_only = false;
   };
 
-  ForensicViews(Engine* engine, Options options);
+  // `regions` and `hasher` (whose results the manifest reports) must
+  // outlive the views.
+  ForensicViews(const RegionSet* regions, RegionHasher* hasher, Options options);
   ForensicViews(const ForensicViews&) = delete;
   ForensicViews& operator=(const ForensicViews&) = delete;
 
@@ -80,7 +82,8 @@ class ForensicViews {
   };
   std::string LayoutNote(const GuestLayout& layout, const Region& ram) const;
 
-  Engine* const engine_;
+  const RegionSet* const regions_;
+  RegionHasher* const hasher_;
   const Options options_;
   mutable absl::Mutex mu_;
   mutable Cache cache_ ABSL_GUARDED_BY(mu_);

@@ -106,14 +106,11 @@ absl::StatusOr<std::vector<Region::Options>> StoreDir::SourcelessRegions(uint64_
             [](const auto& a, const auto& b) { return a->identity().index < b->identity().index; });
   std::vector<Region::Options> regions;
   for (std::unique_ptr<StateFile>& file : files) {
-    Region::Options ro{file->identity().name,
-                       static_cast<uint32_t>(regions.size()),
-                       file->identity().size,
-                       nullptr,
-                       {},
-                       max_size};
-    ro.state = std::move(file);
-    regions.push_back(std::move(ro));
+    regions.push_back({.name = file->identity().name,
+                       .index = static_cast<uint32_t>(regions.size()),
+                       .size = file->identity().size,
+                       .max_size = max_size,
+                       .state = std::move(file)});
   }
   return regions;
 }

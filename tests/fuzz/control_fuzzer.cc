@@ -1,6 +1,6 @@
 // libFuzzer target for the control socket: what a local client can send,
 // through AnswerControlRequest (the socket server's parse/validate step)
-// into a real Engine's dispatch (Engine::Handle) — no source, memfd
+// into a real mount's dispatch (MountControl::Handle) — no source, memfd
 // stores, three regions created as a RAM-backing consumer would make them.
 //
 // Even first byte: the rest is raw bytes, split on '\n' into request lines
@@ -27,8 +27,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
 #include "daemon/control/control_request.h"
-#include "daemon/engine/engine.h"
 #include "daemon/core/region.h"
+#include "daemon/engine/engine.h"
 
 namespace lazyram {
 namespace {
@@ -71,7 +71,7 @@ Engine* TheEngine() {
     Wait([&](Region::Done done) { mem0->Write(0, bytes, std::move(done)); });
     Wait([&](Region::Done done) { mem0->Punch(8192, 8192, std::move(done)); });
     FUZZ_CHECK((*e)->region(1)->Resize(kPcRamSize).ok());
-    (*e)->SetUnmountHandler([] { return absl::OkStatus(); });
+    (*e)->control()->SetUnmountHandler([] { return absl::OkStatus(); });
     return e->release();
   }();
   return engine;
@@ -168,7 +168,7 @@ void CheckOutcome(const nlohmann::json& request, const nlohmann::json& reply) {
 }
 
 std::string Answer(absl::string_view received) {
-  return AnswerControlRequest(received, TheEngine());
+  return AnswerControlRequest(received, TheEngine()->control());
 }
 
 void FuzzLines(absl::string_view in) {

@@ -16,9 +16,9 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/server/page_server.h"
-#include "daemon/local/qemu_stream_index.h"
 #include "daemon/base/unique_fd.h"
+#include "daemon/local/qemu_stream_index.h"
+#include "daemon/server/page_server.h"
 
 namespace lazyram {
 namespace {
