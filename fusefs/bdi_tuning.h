@@ -1,7 +1,7 @@
-// Raises the writeback limits the kernel puts on a FUSE mount (design.md:
-// FUSE limits its dirty memory to 1% with a strict limit, and guest writes
-// crawl). Finds the mount's backing device in /proc/self/mountinfo, so it
-// never touches the mount itself.
+// Raises the writeback limits the kernel puts on a FUSE mount
+// (docs/kernel-facts.md#fuse: FUSE limits its dirty memory to 1% with a
+// strict limit, and guest writes crawl). Finds the mount's backing device
+// in /proc/self/mountinfo, so it never touches the mount itself.
 #ifndef LAZYRAM_FUSEFS_BDI_TUNING_H_
 #define LAZYRAM_FUSEFS_BDI_TUNING_H_
 

@@ -61,8 +61,8 @@ bool PrepareOpen(Filesystem* fs, size_t index, fuse_file_info* fi) {
   const PassthroughPolicy::Grant grant = fs->passthrough()->Open(index);
   fi->fh = index | (grant.passthrough ? kPassthroughHandle : 0);
   // Cached mode: shared writable mmap needs it, and pages stay cached
-  // across opens. Never direct_io (design.md). Passthrough wants neither
-  // flag; the channel clears them in the reply anyway.
+  // across opens. Never direct_io (docs/kernel-facts.md#fuse). Passthrough
+  // wants neither flag; the channel clears them in the reply anyway.
   fi->keep_cache = grant.passthrough ? 0 : 1;
   fi->direct_io = 0;
   if (grant.passthrough) fs->channel()->MarkOpenReply(grant.backing_id);

@@ -112,8 +112,9 @@ class PageMap {
   PageState base_ = PageState::kAbsent;
   // Anonymous memory: an untouched page of states_ holds only base_ (zero
   // bytes). Reading it is not free on every kernel: some map a fresh page
-  // instead of the shared zero page (docs/architecture.md), so FindNext asks
-  // mincore() first instead of reading a terabyte map into memory.
+  // instead of the shared zero page (docs/kernel-facts.md, "Memory"), so
+  // FindNext asks mincore() first instead of reading a terabyte map into
+  // memory.
   bool anonymous_ = false;
   std::atomic<uint64_t> counts_[kNumPageStates] = {};
 };

@@ -1,5 +1,5 @@
 // Region: one guest RAMBlock — its size, page map and store, and the rules
-// that move pages between states (design.md, "Page states").
+// that move pages between states (docs/architecture.md#page-states).
 //
 // The rules this class enforces:
 //   * a page is read from the store only once its state is local;

@@ -1,5 +1,5 @@
 // GuestLayout: where the main RAM file of an x86 QEMU guest sits in the
-// guest-physical address space (design.md, "QEMU facts"). QEMU splits RAM
+// guest-physical address space (docs/kernel-facts.md#qemu). QEMU splits RAM
 // around the PCI hole below 4 GiB:
 //   pc  (i440fx): RAM >= 0xE0000000 -> [0, 3 GiB) and [4 GiB, ...);
 //   q35:          RAM >= 0xB0000000 -> [0, 2 GiB) and [4 GiB, ...);

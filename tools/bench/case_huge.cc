@@ -1,7 +1,8 @@
 // Case 2: QEMU-like faults. QEMU maps each RAMBlock MAP_SHARED and madvises
 // it MADV_HUGEPAGE, so a guest's first touch of a 2 MiB block makes the
-// kernel READ the whole aligned block (design.md). Each touch reads the
-// first byte of a distinct random 2 MiB-aligned block, timed alone:
+// kernel READ the whole aligned block (docs/kernel-facts.md#fuse). Each
+// touch reads the first byte of a distinct random 2 MiB-aligned block,
+// timed alone:
 //   absent     a mount with --prefetch off: the block comes over the network;
 //   pulled     a mount with --prefetch on after `lazyramctl wait`: what a
 //              guest sees once the background pull is done (fast once the
