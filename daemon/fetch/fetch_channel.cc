@@ -1,7 +1,6 @@
 #include "daemon/fetch/fetch_channel.h"
 
 #include <pthread.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -81,8 +80,9 @@ FetchChannel::FetchChannel(Kind kind, FetchShared* shared)
 absl::StatusOr<std::unique_ptr<FetchChannel>> FetchChannel::Start(
     Kind kind, FetchShared* shared, std::optional<DialedSource> first) {
   std::unique_ptr<FetchChannel> channel(new FetchChannel(kind, shared));
-  channel->wake_fd_.reset(eventfd(0, EFD_CLOEXEC));
-  if (!channel->wake_fd_.valid()) return ErrnoStatus(errno, "eventfd");
+  absl::StatusOr<EventFd> wake = EventFd::Create();
+  if (!wake.ok()) return wake.status();
+  channel->wake_ = *std::move(wake);
   if (first.has_value()) {
     channel->Up(std::move(first->fd), shared->replicas->current());
   }
@@ -131,10 +131,7 @@ void FetchChannel::Stop() {
 
 FetchChannel::~FetchChannel() { Stop(); }
 
-void FetchChannel::Wake() {
-  uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = write(wake_fd_.get(), &one, sizeof one);
-}
+void FetchChannel::Wake() { wake_.Signal(); }
 
 std::optional<FetchRequest> FetchChannel::Submit(FetchRequest request) {
   std::string frame;
@@ -237,7 +234,7 @@ void FetchChannel::Up(UniqueFd fd, size_t replica) {
 
 void FetchChannel::ArmWake() {
   io_uring_sqe* sqe = ring_->GetSqe();
-  io_uring_prep_read(sqe, wake_fd_.get(), &wake_value_, sizeof wake_value_, 0);
+  wake_.PrepareRead(sqe);
   io_uring_sqe_set_data64(sqe, kWake);
 }
 

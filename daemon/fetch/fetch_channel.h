@@ -40,6 +40,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/base/event_fd.h"
 #include "daemon/base/io_ring.h"
 #include "daemon/base/unique_fd.h"
 #include "daemon/core/page_source.h"
@@ -148,8 +149,7 @@ class FetchChannel {
 
   const Kind kind_;
   FetchShared* const shared_;
-  UniqueFd wake_fd_;  // eventfd the I/O thread waits on
-  uint64_t wake_value_ = 0;
+  EventFd wake_;                          // the I/O thread waits on it
   std::atomic<uint64_t> my_inflight_{0};  // this channel's part of shared_->inflight
 
   // Lock order: mu_ -> dial_mu_. Guards what a submitting thread and the

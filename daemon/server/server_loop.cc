@@ -2,7 +2,6 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -94,9 +93,8 @@ struct ServerLoop::Connection {
   msghdr msg{};
 };
 
-ServerLoop::ServerLoop(Role role, ServeContext* context, ServerLoop* demand)
-    : role_(role), context_(context), demand_(demand) {
-  wake_fd_.reset(eventfd(0, EFD_CLOEXEC));
+ServerLoop::ServerLoop(Role role, ServeContext* context, ServerLoop* demand, EventFd wake)
+    : role_(role), context_(context), demand_(demand), wake_(std::move(wake)) {
   protocol::Welcome welcome = *context->welcome;
   welcome.features = context->options->auth_key != nullptr ? protocol::kFeatureAuth : 0;
   protocol::AppendWelcome(welcome, &welcome_frame_);
@@ -117,8 +115,7 @@ void ServerLoop::Stop() {
     absl::MutexLock lock(&inbox_mu_);
     stop_ = true;
   }
-  uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = write(wake_fd_.get(), &one, sizeof one);
+  wake_.Signal();
 }
 
 void ServerLoop::Reply(Connection* c, Frame frame) { c->out.push_back(std::move(frame)); }
@@ -131,7 +128,7 @@ void ServerLoop::ArmAccept() {
 
 void ServerLoop::ArmWake() {
   io_uring_sqe* sqe = ring_->GetSqe();
-  io_uring_prep_read(sqe, wake_fd_.get(), &wake_value_, sizeof wake_value_, 0);
+  wake_.PrepareRead(sqe);
   Submit(&wake_op_, sqe);
 }
 
@@ -220,8 +217,7 @@ void ServerLoop::Adopt(std::list<Connection>* from, std::list<Connection>::itera
     absl::MutexLock lock(&inbox_mu_);
     inbox_.splice(inbox_.end(), *from, it);
   }
-  uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = write(wake_fd_.get(), &one, sizeof one);
+  wake_.Signal();
 }
 
 void ServerLoop::OnAccept(int res) {

@@ -25,6 +25,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/base/event_fd.h"
 #include "daemon/base/io_ring.h"
 #include "daemon/base/log_limiter.h"
 #include "daemon/base/unique_fd.h"
@@ -51,8 +52,8 @@ class ServerLoop {
   struct Connection;
 
   // `demand`, for the main loop only: where demand connections go (null:
-  // the main loop serves them itself).
-  ServerLoop(Role role, ServeContext* context, ServerLoop* demand);
+  // the main loop serves them itself). `wake` is signalled by Stop and Adopt.
+  ServerLoop(Role role, ServeContext* context, ServerLoop* demand, EventFd wake);
   ServerLoop(const ServerLoop&) = delete;
   ServerLoop& operator=(const ServerLoop&) = delete;
   ~ServerLoop();
@@ -103,8 +104,7 @@ class ServerLoop {
   const Role role_;
   ServeContext* const context_;
   ServerLoop* const demand_;
-  UniqueFd wake_fd_;
-  uint64_t wake_value_ = 0;
+  EventFd wake_;
   std::string welcome_frame_;
   Op wake_op_{Kind::kWake};
   Op accept_op_{Kind::kAccept};
