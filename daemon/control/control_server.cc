@@ -2,7 +2,6 @@
 
 #include <poll.h>
 #include <pthread.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -71,10 +70,10 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(std::string 
   umask(old_mask);
   if (rc != 0) return ErrnoStatus(bind_errno, absl::StrCat("binding control socket ", path));
   if (listen(fd.get(), 16) != 0) return ErrnoStatus(errno, "listen on control socket");
-  UniqueFd wake(eventfd(0, EFD_CLOEXEC));
-  if (!wake.valid()) return ErrnoStatus(errno, "eventfd");
+  absl::StatusOr<EventFd> wake = EventFd::Create();
+  if (!wake.ok()) return wake.status();
   std::unique_ptr<ControlServer> server(
-      new ControlServer(std::move(path), std::move(fd), std::move(wake), handler));
+      new ControlServer(std::move(path), std::move(fd), *std::move(wake), handler));
   server->acceptor_ = std::thread([s = server.get()] {
     pthread_setname_np(pthread_self(), "lazyram-ctl");
     s->AcceptLoop();
@@ -82,16 +81,15 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(std::string 
   return server;
 }
 
-ControlServer::ControlServer(std::string path, UniqueFd listen_fd, UniqueFd wake_fd,
+ControlServer::ControlServer(std::string path, UniqueFd listen_fd, EventFd wake,
                              ControlHandler* handler)
     : path_(std::move(path)),
       listen_fd_(std::move(listen_fd)),
-      wake_fd_(std::move(wake_fd)),
+      wake_(std::move(wake)),
       handler_(handler) {}
 
 ControlServer::~ControlServer() {
-  uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = write(wake_fd_.get(), &one, sizeof one);
+  wake_.Signal();
   if (acceptor_.joinable()) acceptor_.join();
   for (Client& c : clients_) c.thread.join();
   unlink(path_.c_str());
@@ -99,7 +97,7 @@ ControlServer::~ControlServer() {
 
 void ControlServer::AcceptLoop() {
   for (;;) {
-    pollfd fds[2] = {{listen_fd_.get(), POLLIN, 0}, {wake_fd_.get(), POLLIN, 0}};
+    pollfd fds[2] = {{listen_fd_.get(), POLLIN, 0}, {wake_.fd(), POLLIN, 0}};
     if (poll(fds, 2, -1) < 0) {
       if (errno == EINTR) continue;
       LogError("control socket: poll: %s", std::strerror(errno));

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "daemon/base/event_fd.h"
 #include "daemon/base/unique_fd.h"
 #include "daemon/control/control_request.h"
 
@@ -47,13 +48,13 @@ class ControlServer {
   const std::string& path() const { return path_; }
 
  private:
-  ControlServer(std::string path, UniqueFd listen_fd, UniqueFd wake_fd, ControlHandler* handler);
+  ControlServer(std::string path, UniqueFd listen_fd, EventFd wake, ControlHandler* handler);
   void AcceptLoop();
   void Serve(UniqueFd client);
 
   const std::string path_;
   UniqueFd listen_fd_;
-  UniqueFd wake_fd_;
+  EventFd wake_;
   ControlHandler* const handler_;
 
   struct Client {

@@ -40,6 +40,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/base/event_fd.h"
 #include "daemon/base/io_ring.h"
 #include "daemon/base/unique_fd.h"
 #include "daemon/core/page_source.h"
@@ -112,19 +113,32 @@ class FetchChannel {
   uint64_t inflight() const { return my_inflight_.load(std::memory_order_relaxed); }
 
  private:
-  struct Connection;
+  struct Connection;  // fetch_channel_connection.h
   FetchChannel(Kind kind, FetchShared* shared);
 
+  // Lifecycle, submission and the I/O loop (fetch_channel.cc).
   void Run();
   void Wake();
   // Wakes the I/O thread unless a wake-up is pending already.
   void WakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Enqueue(FetchRequest request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ArmWake();
+  void FailAll(const absl::Status& status);
+
+  // The connection (fetch_channel_connection.cc).
   void Reconnect();
   void FinishDials();
   void OnDialed(size_t replica, absl::StatusOr<DialedSource> dialed);
   void Up(UniqueFd fd, size_t replica);
+  void Pump();
+  void Fail(const absl::Status& why);
+  // The server broke the protocol: logged as an error, then like Fail.
+  void Reject(const absl::Status& why);
+  void MaybeFinishClose();
+  void OnRecv(int res);
+  void OnSend(int res);
+
+  // Requests owed (fetch_channel_requests.cc).
   // Fails demand fetches whose deadline passed; returns the next deadline.
   absl::Time ExpireDemand();
   // With replicas: fails the connection if it owes replies and stalled.
@@ -134,22 +148,13 @@ class FetchChannel {
   bool Fits(FetchRequest& request, uint64_t limit) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves queued requests onto the connection (their frames into `out`).
   void Distribute();
-  void Pump();
-  void Fail(const absl::Status& why);
-  // The server broke the protocol: logged as an error, then like Fail.
-  void Reject(const absl::Status& why);
-  void MaybeFinishClose();
-  void OnRecv(int res);
-  void OnSend(int res);
   // An error means the frame breaks the protocol: drop the connection.
   absl::Status HandleFrame(const protocol::FrameHeader& header, std::span<const uint8_t> body);
-  void FailAll(const absl::Status& status);
   const char* name() const { return kind_ == Kind::kDemand ? "demand" : "bulk"; }
 
   const Kind kind_;
   FetchShared* const shared_;
-  UniqueFd wake_fd_;  // eventfd the I/O thread waits on
-  uint64_t wake_value_ = 0;
+  EventFd wake_;                          // the I/O thread waits on it
   std::atomic<uint64_t> my_inflight_{0};  // this channel's part of shared_->inflight
 
   // Lock order: mu_ -> dial_mu_. Guards what a submitting thread and the

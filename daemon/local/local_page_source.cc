@@ -1,7 +1,6 @@
 #include "daemon/local/local_page_source.h"
 
 #include <pthread.h>
-#include <sys/eventfd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -36,7 +35,7 @@ class LocalPageSource::Loop {
  public:
   Loop(LocalPageSource* source, std::unique_ptr<IoRing> ring)
       : source_(source), ring_(std::move(ring)) {}
-  ~Loop() { ring_.reset(); }  // cancels the wake read before its buffer goes
+  ~Loop() { ring_.reset(); }  // cancels the wake read before the source goes
 
   void Run();
 
@@ -76,13 +75,12 @@ class LocalPageSource::Loop {
 
   LocalPageSource* const source_;
   std::unique_ptr<IoRing> ring_;
-  uint64_t wake_value_ = 0;
   size_t jobs_ = 0;
 };
 
 void LocalPageSource::Loop::ArmWake() {
   io_uring_sqe* sqe = ring_->GetSqe();
-  io_uring_prep_read(sqe, source_->wake_fd_.get(), &wake_value_, sizeof wake_value_, 0);
+  source_->wake_.PrepareRead(sqe);
   io_uring_sqe_set_data(sqe, nullptr);
 }
 
@@ -250,8 +248,9 @@ LocalPageSource::LocalPageSource(std::unique_ptr<PageLocator> locator)
 absl::StatusOr<std::unique_ptr<LocalPageSource>> LocalPageSource::Start(
     std::unique_ptr<PageLocator> locator) {
   std::unique_ptr<LocalPageSource> source(new LocalPageSource(std::move(locator)));
-  source->wake_fd_.reset(eventfd(0, EFD_CLOEXEC));
-  if (!source->wake_fd_.valid()) return ErrnoStatus(errno, "eventfd");
+  absl::StatusOr<EventFd> wake = EventFd::Create();
+  if (!wake.ok()) return wake.status();
+  source->wake_ = *std::move(wake);
   // The ring must be created on its owner thread (SINGLE_ISSUER): the
   // thread reports whether that worked before Start returns.
   absl::Mutex started_mu;
@@ -314,9 +313,6 @@ void LocalPageSource::Shutdown() {
   if (thread_.joinable()) thread_.join();
 }
 
-void LocalPageSource::Wake() {
-  uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = write(wake_fd_.get(), &one, sizeof one);
-}
+void LocalPageSource::Wake() { wake_.Signal(); }
 
 }  // namespace lazyram

@@ -20,7 +20,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "daemon/base/unique_fd.h"
+#include "daemon/base/event_fd.h"
 #include "daemon/core/page_source.h"
 #include "daemon/local/page_locator.h"
 
@@ -58,7 +58,7 @@ class LocalPageSource : public PageSource {
   void Wake();
 
   const std::unique_ptr<PageLocator> locator_;
-  UniqueFd wake_fd_;  // eventfd the I/O thread waits on
+  EventFd wake_;  // the I/O thread waits on it
 
   absl::Mutex mu_;
   std::deque<Request> demand_ ABSL_GUARDED_BY(mu_);

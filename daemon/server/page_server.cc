@@ -4,7 +4,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -23,6 +22,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "daemon/base/errno_status.h"
+#include "daemon/base/event_fd.h"
 #include "daemon/base/log.h"
 #include "daemon/protocol/region_name.h"
 #include "daemon/server/server_loop.h"
@@ -110,10 +110,15 @@ absl::StatusOr<std::unique_ptr<PageServer>> PageServer::Create(Options options) 
   server->context_->welcome = &server->welcome_;
   server->context_->files = &server->files_;
   server->context_->listen_fd = server->listen_fd_.get();
-  server->demand_loop_ =
-      std::make_unique<ServerLoop>(ServerLoop::Role::kDemand, server->context_.get(), nullptr);
-  server->main_loop_ = std::make_unique<ServerLoop>(ServerLoop::Role::kMain, server->context_.get(),
-                                                    server->demand_loop_.get());
+  absl::StatusOr<EventFd> demand_wake = EventFd::Create();
+  if (!demand_wake.ok()) return demand_wake.status();
+  absl::StatusOr<EventFd> main_wake = EventFd::Create();
+  if (!main_wake.ok()) return main_wake.status();
+  server->demand_loop_ = std::make_unique<ServerLoop>(
+      ServerLoop::Role::kDemand, server->context_.get(), nullptr, *std::move(demand_wake));
+  server->main_loop_ =
+      std::make_unique<ServerLoop>(ServerLoop::Role::kMain, server->context_.get(),
+                                   server->demand_loop_.get(), *std::move(main_wake));
   return server;
 }
 

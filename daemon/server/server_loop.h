@@ -25,6 +25,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/base/event_fd.h"
 #include "daemon/base/io_ring.h"
 #include "daemon/base/log_limiter.h"
 #include "daemon/base/unique_fd.h"
@@ -48,11 +49,11 @@ struct ServeContext {
 class ServerLoop {
  public:
   enum class Role { kMain, kDemand };
-  struct Connection;
+  struct Connection;  // server_loop_connection.h
 
   // `demand`, for the main loop only: where demand connections go (null:
-  // the main loop serves them itself).
-  ServerLoop(Role role, ServeContext* context, ServerLoop* demand);
+  // the main loop serves them itself). `wake` is signalled by Stop and Adopt.
+  ServerLoop(Role role, ServeContext* context, ServerLoop* demand, EventFd wake);
   ServerLoop(const ServerLoop&) = delete;
   ServerLoop& operator=(const ServerLoop&) = delete;
   ~ServerLoop();
@@ -67,9 +68,10 @@ class ServerLoop {
     Kind kind;
     Connection* conn = nullptr;
   };
-  struct Frame;
-  struct ReadOp;
+  struct Frame;   // server_loop_connection.h
+  struct ReadOp;  // server_loop_connection.h
 
+  // The loop and the connections' transport (server_loop.cc).
   void Submit(Op* op, io_uring_sqe* sqe) { io_uring_sqe_set_data(sqe, op); }
   void ArmAccept();
   void ArmWake();
@@ -77,18 +79,8 @@ class ServerLoop {
   void OnWake();
   void OnAccept(int res);
   void OnTick();
-  void OnHello(Connection* c, const protocol::FrameHeader& header, std::span<const uint8_t> body);
-  void OnAuth(Connection* c, const protocol::FrameHeader& header, std::span<const uint8_t> body);
-  // The handshake is done: the connection may READ.
-  void Ready(Connection* c, std::string reply);
-  // Queues an ERROR after which the connection is closed.
-  void FatalError(Connection* c, uint64_t tag, protocol::ErrorCode code, absl::string_view message);
   void OnRecv(Connection* c, int res);
   void OnSend(Connection* c, int res);
-  void OnRead(ReadOp* read, int res);
-  void Parse(Connection* c);
-  void StartRead(Connection* c, uint64_t tag, const protocol::ReadRequest& request);
-  void Reply(Connection* c, absl::string_view frame_bytes);
   void Reply(Connection* c, Frame frame);
   // Arms what the connection needs next; hands a ready demand connection
   // over to the demand loop once nothing of it is in flight here. `c` may
@@ -100,11 +92,22 @@ class ServerLoop {
   // points into it stays valid.
   void Adopt(std::list<Connection>* from, std::list<Connection>::iterator it);
 
+  // A connection's conversation (server_loop_session.cc).
+  void OnHello(Connection* c, const protocol::FrameHeader& header, std::span<const uint8_t> body);
+  void OnAuth(Connection* c, const protocol::FrameHeader& header, std::span<const uint8_t> body);
+  // The handshake is done: the connection may READ.
+  void Ready(Connection* c, std::string reply);
+  // Queues an ERROR after which the connection is closed.
+  void FatalError(Connection* c, uint64_t tag, protocol::ErrorCode code, absl::string_view message);
+  void Parse(Connection* c);
+  void StartRead(Connection* c, uint64_t tag, const protocol::ReadRequest& request);
+  void OnRead(ReadOp* read, int res);
+  void Reply(Connection* c, absl::string_view frame_bytes);
+
   const Role role_;
   ServeContext* const context_;
   ServerLoop* const demand_;
-  UniqueFd wake_fd_;
-  uint64_t wake_value_ = 0;
+  EventFd wake_;
   std::string welcome_frame_;
   Op wake_op_{Kind::kWake};
   Op accept_op_{Kind::kAccept};
