@@ -315,7 +315,7 @@ TEST_F(ServerLoopTest, ReadsReturnTheFilesPagesWithZeroPagesElided) {
   Client client(port());
   ASSERT_TRUE(client.Handshake().ok());
   // Data, zero-byte pages, the hole and data again; then the partial last
-  // page; then the largest READ there is, on the whole region.
+  // page; then one READ of the whole region.
   ASSERT_TRUE(client.Send(Read(1, 0, 16, 40)));
   Frame frame;
   ASSERT_TRUE(client.ReadFrame(&frame));
