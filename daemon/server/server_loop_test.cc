@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "daemon/base/unique_fd.h"
+#include "daemon/protocol/auth_key.h"
 #include "daemon/protocol/protocol.h"
 #include "daemon/server/page_server.h"
 #include "gtest/gtest.h"
@@ -213,6 +214,7 @@ class ServerLoopTest : public ::testing::Test {
   void StartServer(PageServer::Options options = {}) {
     options.listen = *NetAddress::Parse("127.0.0.1:0", /*allow_port_zero=*/true);
     options.regions = {{"mem0", path_}, {"small", small_path_}};
+    options.regions.insert(options.regions.end(), extra_regions_.begin(), extra_regions_.end());
     absl::StatusOr<std::unique_ptr<PageServer>> server = PageServer::Create(std::move(options));
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -275,6 +277,7 @@ class ServerLoopTest : public ::testing::Test {
   }
 
   std::string dir_, path_, small_path_;
+  std::vector<PageServer::RegionSpec> extra_regions_;
   std::vector<uint8_t> image_;
   std::unique_ptr<PageServer> server_;
   std::thread server_thread_;
@@ -308,6 +311,38 @@ TEST_F(ServerLoopTest, HandshakeSendsTheRegionTableWithTheHoles) {
   }
   EXPECT_TRUE(hole_listed);
   EXPECT_EQ(welcome->regions[0].zero_extents, server_->welcome().regions[0].zero_extents);
+}
+
+TEST_F(ServerLoopTest, HoleToTheEndOfTheFileCoversThePartialLastPage) {
+  // One page of data, then a hole to 3 pages and 10 bytes.
+  const std::string tail = dir_ + "/tail";
+  UniqueFd fd(open(tail.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  ASSERT_TRUE(fd.valid());
+  const std::string page(kPageSize, 't');
+  ASSERT_EQ(write(fd.get(), page.data(), page.size()), static_cast<ssize_t>(kPageSize));
+  ASSERT_EQ(ftruncate(fd.get(), 3 * kPageSize + 10), 0);
+  extra_regions_.push_back({"tail", tail});
+  StartServer();
+  Client client(port());
+  absl::StatusOr<protocol::Welcome> welcome = client.Handshake();
+  ASSERT_TRUE(welcome.ok()) << welcome.status();
+  ASSERT_EQ(welcome->regions.size(), 3u);
+  EXPECT_EQ(welcome->regions[2].page_count(), 4u);
+  const std::vector<protocol::ZeroExtent> want = {{1, 3}};
+  EXPECT_EQ(welcome->regions[2].zero_extents, want);
+  ASSERT_TRUE(client.Send(Read(1, 2, 0, 4)));
+  Frame frame;
+  ASSERT_TRUE(client.ReadFrame(&frame));
+  ExpectPages(frame, 1, 2, 0, 4);
+  absl::StatusOr<protocol::PagesView> pages = protocol::DecodePages(frame.body);
+  ASSERT_TRUE(pages.ok()) << pages.status();
+  const auto kZero = static_cast<uint8_t>(protocol::PageFlag::kZero);
+  EXPECT_NE(pages->flags[0], kZero);
+  EXPECT_EQ(pages->flags[1], kZero);
+  EXPECT_EQ(pages->flags[2], kZero);
+  EXPECT_EQ(pages->flags[3], kZero);
+  ASSERT_EQ(pages->payload.size(), kPageSize);
+  EXPECT_EQ(pages->payload[0], 't');
 }
 
 TEST_F(ServerLoopTest, ReadsReturnTheFilesPagesWithZeroPagesElided) {
@@ -510,6 +545,79 @@ TEST_F(ServerLoopTest, SilentConnectionIsDroppedAfterTheHandshakeTimeout) {
   // A connection that finished its handshake has no deadline.
   absl::SleepFor(absl::Milliseconds(400));
   ExpectServes(good, 1);
+}
+
+TEST_F(ServerLoopTest, WithAKeyTheClientMustProveItBeforeTheRegionTable) {
+  absl::StatusOr<std::shared_ptr<const AuthKey>> key =
+      AuthKey::FromSecret("a shared secret of the test");
+  ASSERT_TRUE(key.ok()) << key.status();
+  absl::StatusOr<std::shared_ptr<const AuthKey>> other =
+      AuthKey::FromSecret("another secret, not the server's");
+  ASSERT_TRUE(other.ok()) << other.status();
+  StartServer({.auth_key = *key});
+
+  // HELLO, CHALLENGE, AUTH with `proving`'s proof; the first frame after.
+  auto authenticate = [&](Client& client, const AuthKey& proving, Frame* after) {
+    std::string hello;
+    protocol::AppendHello({protocol::kVersion, protocol::kFeatureAuth}, &hello);
+    ASSERT_TRUE(client.Send(hello));
+    Frame frame;
+    ASSERT_TRUE(client.ReadFrame(&frame));
+    ASSERT_EQ(frame.header.type, FrameType::kChallenge);
+    absl::StatusOr<protocol::Challenge> challenge = protocol::DecodeChallenge(frame.body);
+    ASSERT_TRUE(challenge.ok()) << challenge.status();
+    absl::StatusOr<protocol::Nonce> nonce = RandomNonce();
+    ASSERT_TRUE(nonce.ok());
+    absl::StatusOr<protocol::Proof> proof =
+        proving.Prove(AuthKey::Role::kClient, challenge->server_nonce, *nonce);
+    ASSERT_TRUE(proof.ok());
+    std::string auth;
+    protocol::AppendAuth({*nonce, *proof}, &auth);
+    ASSERT_TRUE(client.Send(auth));
+    ASSERT_TRUE(client.ReadFrame(after));
+    if (after->header.type != FrameType::kAuthOk) return;
+    // The server proves the key too.
+    absl::StatusOr<protocol::AuthOk> ok = protocol::DecodeAuthOk(after->body);
+    ASSERT_TRUE(ok.ok()) << ok.status();
+    EXPECT_TRUE(proving.Verify(AuthKey::Role::kServer, challenge->server_nonce, *nonce, ok->proof));
+    ASSERT_TRUE(client.ReadFrame(after));
+  };
+
+  Client right(port());
+  Frame frame;
+  authenticate(right, **key, &frame);
+  ASSERT_EQ(frame.header.type, FrameType::kWelcome);
+  absl::StatusOr<protocol::Welcome> welcome = protocol::DecodeWelcome(frame.body);
+  ASSERT_TRUE(welcome.ok()) << welcome.status();
+  EXPECT_EQ(welcome->features & protocol::kFeatureAuth, protocol::kFeatureAuth);
+  ASSERT_EQ(welcome->regions.size(), 2u);
+  ExpectServes(right, 1);
+
+  Client wrong(port());
+  authenticate(wrong, **other, &frame);
+  ExpectError(frame, 0, ErrorCode::kAuthFailed);
+  EXPECT_TRUE(wrong.WaitClosed());
+
+  Client without(port());
+  std::string hello;
+  protocol::AppendHello({}, &hello);
+  ASSERT_TRUE(without.Send(hello));
+  ASSERT_TRUE(without.ReadFrame(&frame));
+  ExpectError(frame, 0, ErrorCode::kAuthRequired);
+  EXPECT_TRUE(without.WaitClosed());
+
+  // A READ instead of AUTH is not served either.
+  Client skipping(port());
+  std::string bytes;
+  protocol::AppendHello({protocol::kVersion, protocol::kFeatureAuth}, &bytes);
+  ASSERT_TRUE(skipping.Send(bytes));
+  ASSERT_TRUE(skipping.ReadFrame(&frame));
+  ASSERT_EQ(frame.header.type, FrameType::kChallenge);
+  ASSERT_TRUE(skipping.Send(Read(7, 0, 0, 1)));
+  ASSERT_TRUE(skipping.ReadFrame(&frame));
+  ExpectError(frame, 7, ErrorCode::kBadRequest);
+  EXPECT_TRUE(skipping.WaitClosed());
+  ExpectServes(right, 2);
 }
 
 }  // namespace

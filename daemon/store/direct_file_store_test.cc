@@ -202,6 +202,26 @@ TEST_F(DirectFileStoreTest, ResizeSetsTheSizeAndNewBytesReadAsZero) {
   EXPECT_EQ(ReadBack(kSize - kPage, 5 * kPage), std::vector<uint8_t>(5 * kPage, 0));
 }
 
+// Store::Resize takes any size, and bytes up to it read back. A file that
+// ends inside a page makes an O_DIRECT read of that page come back short.
+TEST_F(DirectFileStoreTest, SizeInsideAPageReadsBackUpToTheEnd) {
+  const std::vector<uint8_t> bytes = Random(2 * kPage, 8);
+  ASSERT_TRUE(store_->Write(0, bytes).ok());
+  ASSERT_TRUE(store_->Resize(kPage + 100).ok());
+  EXPECT_EQ(store_->Size(), kPage + 100);
+  std::vector<uint8_t> want(bytes.begin(), bytes.begin() + kPage + 100);
+  EXPECT_EQ(ReadBack(0, kPage + 100), want);
+  EXPECT_EQ(ReadBack(kPage, 100), std::vector<uint8_t>(want.begin() + kPage, want.end()));
+  // An aligned buffer for the whole last page: the bytes, then zeros.
+  AlignedBuffer out(kPage);
+  std::memset(out.data, 0xAA, kPage);
+  absl::Status s = store_->Read(kPage, out.span());
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(std::memcmp(out.data, bytes.data() + kPage, 100), 0);
+  EXPECT_EQ(std::vector<uint8_t>(out.data + 100, out.data + kPage),
+            std::vector<uint8_t>(kPage - 100, 0));
+}
+
 TEST_F(DirectFileStoreTest, SyncSucceedsAndOpenKeepsTheBytes) {
   const std::vector<uint8_t> bytes = Random(4 * kPage, 7);
   ASSERT_TRUE(store_->Write(100 * kPage, bytes).ok());
