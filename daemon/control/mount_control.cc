@@ -47,12 +47,14 @@ absl::Status MountControl::Prefetch(absl::string_view name, std::optional<uint64
 nlohmann::json MountControl::StatusJson() const {
   nlohmann::json regions = nlohmann::json::array();
   bool complete = true;
+  uint64_t store_bytes = 0;
   const size_t count = parts_.regions->region_count();
   for (size_t i = 0; i < count; ++i) {
     Region* r = parts_.regions->region(i);
     {
       RegionStats s = r->Stats();
       complete = complete && s.complete;
+      store_bytes += s.store_bytes;
       regions.push_back(
           {{"name", s.name},
            {"size", s.size},
@@ -60,6 +62,7 @@ nlohmann::json MountControl::StatusJson() const {
            {"pages_present", s.pages_present},
            {"pages_dirty", s.pages_dirty},
            {"pages_zero", s.pages_zero},
+           {"store_bytes", s.store_bytes},
            {"bytes_fetched", s.bytes_fetched},
            {"demand_fetches", s.demand_fetches},
            {"pages_restored", r->pages_restored()},
@@ -73,8 +76,11 @@ nlohmann::json MountControl::StatusJson() const {
   std::string source = fetcher != nullptr    ? std::string(SourceStateName(fetcher->state()))
                        : parts_.local_source ? "local"
                                              : "none";
-  nlohmann::json out = {
-      {"source", source}, {"complete", complete}, {"pid", getpid()}, {"regions", regions}};
+  nlohmann::json out = {{"source", source},
+                        {"complete", complete},
+                        {"pid", getpid()},
+                        {"regions", regions},
+                        {"store_bytes", store_bytes}};
   if (fetcher != nullptr) {
     const Fetcher::Stats stats = fetcher->stats();
     out["checksum_errors"] = stats.checksum_errors;

@@ -556,6 +556,7 @@ RegionStats Region::Stats() const {
   s.pages_dirty = map_.Count(PageState::kDirty);
   s.pages_present = map_.Count(PageState::kPresent) + s.pages_dirty;
   s.pages_zero = map_.Count(PageState::kZero);
+  s.store_bytes = store_->AllocatedBytes();
   s.bytes_fetched = bytes_fetched_.load(std::memory_order_relaxed);
   s.demand_fetches = demand_fetches_.load(std::memory_order_relaxed);
   s.latency_p50_us = demand_latency_.Percentile(0.50);

@@ -44,6 +44,7 @@ struct RegionStats {
   uint64_t pages_present = 0;  // local bytes: fetched or written (dirty included)
   uint64_t pages_dirty = 0;
   uint64_t pages_zero = 0;
+  uint64_t store_bytes = 0;  // memory or disk the store holds (Store::AllocatedBytes)
   uint64_t bytes_fetched = 0;
   uint64_t demand_fetches = 0;
   uint64_t latency_p50_us = 0;

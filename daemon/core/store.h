@@ -8,6 +8,8 @@
 #ifndef LAZYRAM_DAEMON_CORE_STORE_H_
 #define LAZYRAM_DAEMON_CORE_STORE_H_
 
+#include <sys/stat.h>
+
 #include <cstdint>
 #include <span>
 
@@ -28,12 +30,23 @@ class Store {
   // Sets the size; bytes past the old size read as zero.
   virtual absl::Status Resize(uint64_t size) = 0;
   virtual uint64_t Size() const = 0;
+  // Bytes of memory (memfd) or disk (sparse file) the store holds now: a
+  // punched or never-written range holds none. Status reports it as
+  // store_bytes.
+  virtual uint64_t AllocatedBytes() const;
   // Makes every completed write durable (a no-op for memory stores).
   virtual absl::Status Sync() { return absl::OkStatus(); }
   // A descriptor whose bytes are the store's, for zero-copy replies
   // (splice), or -1 if the store has none.
   virtual int fd() const = 0;
 };
+
+// From fd()'s allocated blocks; 0 for a store without a descriptor.
+inline uint64_t Store::AllocatedBytes() const {
+  struct stat st;
+  if (fd() < 0 || fstat(fd(), &st) != 0) return 0;
+  return static_cast<uint64_t>(st.st_blocks) * 512;
+}
 
 }  // namespace lazyram
 

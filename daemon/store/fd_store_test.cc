@@ -200,5 +200,19 @@ TEST(FdStoreFileTest, MissingDirectoryIsAnError) {
   EXPECT_NE(store.status().message().find(missing), absl::string_view::npos) << store.status();
 }
 
+// store_bytes in status: a memfd holds what was written and gives a
+// punched range back at once.
+TEST(FdStoreMemoryTest, AllocatedBytesFollowWritesAndPunches) {
+  absl::StatusOr<std::unique_ptr<FdStore>> store = FdStore::CreateMemory("alloc", 64 * kPage);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->AllocatedBytes(), 0u);
+  ASSERT_TRUE((*store)->Write(0, Pattern(16 * kPage, 3)).ok());
+  EXPECT_EQ((*store)->AllocatedBytes(), 16 * kPage);
+  ASSERT_TRUE((*store)->Punch(4 * kPage, 8 * kPage).ok());
+  EXPECT_EQ((*store)->AllocatedBytes(), 8 * kPage);
+  ASSERT_TRUE((*store)->Punch(0, 64 * kPage).ok());
+  EXPECT_EQ((*store)->AllocatedBytes(), 0u);
+}
+
 }  // namespace
 }  // namespace lazyram
