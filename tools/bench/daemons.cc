@@ -31,6 +31,10 @@ std::unique_ptr<testing::MountProcess> StartMount(const testing::TempDir& dir,
   if (spec.pull_yield_ms.has_value()) {
     options.extra_args = {"--pull-yield", std::to_string(*spec.pull_yield_ms)};
   }
+  if (!spec.push) {
+    options.extra_args.push_back("--push");
+    options.extra_args.push_back("off");
+  }
   return Must(testing::MountProcess::Start(dir, options), "mounting");
 }
 

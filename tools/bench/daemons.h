@@ -28,6 +28,8 @@ struct MountSpec {
   bool passthrough = true;
   // --pull-yield MS; unset: the daemon's default.
   std::optional<double> pull_yield_ms;
+  // --push off: pulled pages are not pushed into the page cache.
+  bool push = true;
 };
 std::unique_ptr<testing::MountProcess> StartMount(const testing::TempDir& dir,
                                                   const testing::PageServerProcess& server,
