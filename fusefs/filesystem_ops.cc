@@ -147,6 +147,12 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))) {
     return (void)fuse_reply_err(req, EROFS);
   }
+  if (fi->flags & O_TRUNC) {
+    // With atomic O_TRUNC (libfuse's default) the kernel leaves the
+    // truncation to OPEN and takes the size as 0 once it succeeds.
+    absl::Status s = fs->regions()->region(static_cast<size_t>(index))->Resize(0);
+    if (!s.ok()) return ReplyStatus(req, s);
+  }
   const bool passthrough = PrepareOpen(fs, static_cast<size_t>(index), fi);
   fuse_reply_open(req, fi);
   AfterReply(fs, static_cast<size_t>(index), passthrough);
