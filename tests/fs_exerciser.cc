@@ -76,6 +76,10 @@ class Exerciser {
   uint64_t Rand(uint64_t n) { return n == 0 ? 0 : rng_() % n; }  // [0, n)
   bool Chance(int percent) { return Rand(100) < static_cast<uint64_t>(percent); }
   uint64_t size() const { return model_.size(); }
+  void SetSize(uint64_t n) {
+    if (n != size()) tail_written_ = false;
+    model_.resize(n, 0);
+  }
 
   uint64_t PickLength() {
     const uint64_t r = Rand(100);
@@ -184,6 +188,7 @@ class Exerciser {
         return CheckPathSize("by path");
       }
       if (r < 93) return OpConcurrent();
+      if (r < 96) return OpMapWritePastEnd();
       return OpRead();
     }
   }
@@ -220,7 +225,17 @@ class Exerciser {
     if (static_cast<uint64_t>(n) != len) {
       return Mismatch(absl::StrCat("pwrite wrote ", n, " of ", len, " bytes"));
     }
-    if (off + len > size()) model_.resize(off + len, 0);
+    if (off + len > size()) {
+      const uint64_t old_size = size();
+      const bool shadow = tail_written_ && o_.mapped_tail_survives_write_growth;
+      SetSize(off + len);
+      if (shadow) {
+        const uint64_t page = old_size / kPage * kPage;
+        for (uint64_t i = old_size; i < std::min(off, page + kPage); ++i) {
+          model_[i] = tail_shadow_[i - page];
+        }
+      }
+    }
     std::copy(data.begin(), data.end(), model_.begin() + static_cast<ptrdiff_t>(off));
     return 0;
   }
@@ -252,7 +267,41 @@ class Exerciser {
     Note(absl::StrCat("mapped read ", off, "+", len));
     Mapping m;
     if (!Map(fd_, off, len, false, &m)) return Errno("mmap for reading");
-    return Compare(m.at, off, len, "mapped read");
+    if (int rc = Compare(m.at, off, len, "mapped read"); rc != 0) return rc;
+    // POSIX: the rest of the last page reads zero through a mapping —
+    // unless this run stored there through one (OpMapWritePastEnd) since
+    // the size last changed.
+    if (off + len == size() && size() % kPage != 0 && !tail_written_) {
+      const uint64_t tail = kPage - size() % kPage;
+      for (uint64_t i = 0; i < tail; ++i) {
+        if (m.at[len + i] != 0) {
+          return Mismatch(absl::StrCat("mapped read: byte ", size() + i,
+                                       " past the end of the last page is 0x",
+                                       absl::Hex(m.at[len + i]), ", want 0"));
+        }
+      }
+    }
+    return 0;
+  }
+
+  // POSIX: a store through a mapping past the end (inside the last page)
+  // is not written to the file; the page's tail reads zero again once the
+  // file grows over it.
+  int OpMapWritePastEnd() {
+    if (size() % kPage == 0) return OpMapRead();
+    const uint64_t page = size() / kPage * kPage;
+    const uint64_t len = 1 + Rand(page + kPage - size());
+    const uint64_t at = size() + Rand(page + kPage - size() - len + 1);
+    Note(absl::StrCat("mapped write past the end ", at, "+", len));
+    const std::vector<uint8_t> data = RandomBytes(len);
+    Mapping m;
+    if (!Map(fd_, page, size() - page, true, &m)) return Errno("mmap of the last page");
+    std::memcpy(m.base + (at - page), data.data(), len);
+    if (msync(m.base, m.length, MS_SYNC) != 0) return Errno("msync");
+    if (!tail_written_) std::fill(tail_shadow_.begin(), tail_shadow_.end(), 0);
+    std::copy(data.begin(), data.end(), tail_shadow_.begin() + static_cast<ptrdiff_t>(at - page));
+    tail_written_ = true;
+    return 0;
   }
 
   int OpMapWrite() {
@@ -281,7 +330,7 @@ class Exerciser {
     }
     Note(absl::StrCat("ftruncate ", to));
     if (ftruncate(fd_, static_cast<off_t>(to)) != 0) return Errno("ftruncate");
-    model_.resize(to, 0);
+    SetSize(to);
     return 0;
   }
 
@@ -317,7 +366,7 @@ class Exerciser {
     if (fallocate(fd_, mode, static_cast<off_t>(off), static_cast<off_t>(len)) != 0) {
       return Errno("fallocate(ZERO_RANGE)");
     }
-    if (!keep && off + len > size()) model_.resize(off + len, 0);
+    if (!keep && off + len > size()) SetSize(off + len);
     ZeroModel(off, len);
     return 0;
   }
@@ -331,7 +380,7 @@ class Exerciser {
                   static_cast<off_t>(len)) != 0) {
       return Errno("fallocate(allocate)");
     }
-    if (!keep && off + len > size()) model_.resize(off + len, 0);
+    if (!keep && off + len > size()) SetSize(off + len);
     return 0;
   }
 
@@ -341,7 +390,7 @@ class Exerciser {
     if (close(fd_) != 0) return Errno("close");
     fd_ = open(o_.path.c_str(), O_RDWR | (trunc ? O_TRUNC : 0));
     if (fd_ < 0) return Errno("reopen");
-    if (trunc) model_.clear();
+    if (trunc) SetSize(0);
     return 0;
   }
 
@@ -452,6 +501,10 @@ class Exerciser {
   int fd_ = -1;
   uint64_t op_ = 0;
   std::deque<std::string> recent_;
+  // A mapped store past the end since the size last changed.
+  bool tail_written_ = false;
+  // With it: what those stores left in the last page, by offset in it.
+  std::vector<uint8_t> tail_shadow_ = std::vector<uint8_t>(kPage, 0);
 };
 
 }  // namespace

@@ -32,6 +32,11 @@ struct ExerciserOptions {
   std::vector<uint8_t> initial;
   // A region from a page server: only size-preserving operations.
   bool fixed_size = false;
+  // FUSE passthrough of a memfd keeps tmpfs's behaviour: what a mapping
+  // stored past the end of the last page shows again when a write past
+  // the end grows the file over it (a truncation or fallocate that grows
+  // it reads zero there). Without this, such bytes must read zero (POSIX).
+  bool mapped_tail_survives_write_growth = false;
   // Sizes stay below this (truncate, writes and zero ranges past the end).
   uint64_t max_size = 4 << 20;
   // Every this many operations: close, drop the kernel's caches (root; a

@@ -72,7 +72,9 @@ std::function<std::string(const std::vector<uint8_t>&)> DaemonCheck(const MountP
 
 struct Mode {
   std::string label;
-  bool source = false;     // a region from a page server (fixed size)
+  bool source = false;  // a region from a page server (fixed size)
+  // Its size past whole pages: such a region never goes passthrough.
+  uint64_t source_tail = 0;
   bool dir_store = false;  // --store DIR instead of mem
   bool passthrough = true;
   bool prefetch = false;  // the pull races the operations
@@ -87,7 +89,8 @@ void Exercise(const Mode& mode) {
   std::unique_ptr<PageServerProcess> server;
   std::vector<uint8_t> initial;
   if (mode.source) {
-    initial = WriteImage(dir.Sub("img"), 4 * kMiB + 3 * kPage, static_cast<uint32_t>(seed),
+    initial = WriteImage(dir.Sub("img"), 4 * kMiB + 3 * kPage + mode.source_tail,
+                         static_cast<uint32_t>(seed),
                          /*zero_every=*/2, /*hole_bytes=*/5 * kPage);
     auto s = PageServerProcess::Start({"mem0=" + dir.Sub("img")});
     ASSERT_TRUE(s.ok()) << s.status();
@@ -114,6 +117,8 @@ void Exercise(const Mode& mode) {
     o.seed = seed + phase;
     o.ops = ops / phases;
     o.fixed_size = mode.source;
+    // A region without a source goes passthrough at once (docs/store.md).
+    o.mapped_tail_survives_write_growth = !mode.source && mode.passthrough && !mode.dir_store;
     o.create = !mode.source && phase == 0;
     if (phase == 0) {
       o.initial = initial;
@@ -155,6 +160,13 @@ TEST(FsExerciser, NoSourceDirStoreAcrossRemount) {
 }
 TEST(FsExerciser, SourcePrefetchOff) {
   Exercise({.label = "page server, --prefetch off", .source = true, .seed = 505});
+}
+TEST(FsExerciser, SourceUnalignedSize) {
+  Exercise({.label = "page server, size not page-aligned",
+            .source = true,
+            .source_tail = 1234,
+            .prefetch = true,
+            .seed = 555});
 }
 TEST(FsExerciser, SourcePullRacing) {
   Exercise({.label = "page server, pull racing", .source = true, .prefetch = true, .seed = 606});
