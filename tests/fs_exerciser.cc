@@ -210,7 +210,10 @@ class Exerciser {
 
   int OpWrite() {
     uint64_t off, len = PickLength();
-    if (o_.fixed_size) {
+    // The one growth whose gap may not read zero (ExerciserOptions):
+    // writes stay inside the file then.
+    const bool inside = o_.fixed_size || (tail_written_ && o_.mapped_tail_survives_write_growth);
+    if (inside) {
       if (size() == 0) return 0;
       len = std::min(len, size());
       off = PickOffset(size() - len);
@@ -225,17 +228,7 @@ class Exerciser {
     if (static_cast<uint64_t>(n) != len) {
       return Mismatch(absl::StrCat("pwrite wrote ", n, " of ", len, " bytes"));
     }
-    if (off + len > size()) {
-      const uint64_t old_size = size();
-      const bool shadow = tail_written_ && o_.mapped_tail_survives_write_growth;
-      SetSize(off + len);
-      if (shadow) {
-        const uint64_t page = old_size / kPage * kPage;
-        for (uint64_t i = old_size; i < std::min(off, page + kPage); ++i) {
-          model_[i] = tail_shadow_[i - page];
-        }
-      }
-    }
+    if (off + len > size()) SetSize(off + len);
     std::copy(data.begin(), data.end(), model_.begin() + static_cast<ptrdiff_t>(off));
     return 0;
   }
@@ -298,8 +291,6 @@ class Exerciser {
     if (!Map(fd_, page, size() - page, true, &m)) return Errno("mmap of the last page");
     std::memcpy(m.base + (at - page), data.data(), len);
     if (msync(m.base, m.length, MS_SYNC) != 0) return Errno("msync");
-    if (!tail_written_) std::fill(tail_shadow_.begin(), tail_shadow_.end(), 0);
-    std::copy(data.begin(), data.end(), tail_shadow_.begin() + static_cast<ptrdiff_t>(at - page));
     tail_written_ = true;
     return 0;
   }
@@ -503,8 +494,6 @@ class Exerciser {
   std::deque<std::string> recent_;
   // A mapped store past the end since the size last changed.
   bool tail_written_ = false;
-  // With it: what those stores left in the last page, by offset in it.
-  std::vector<uint8_t> tail_shadow_ = std::vector<uint8_t>(kPage, 0);
 };
 
 }  // namespace

@@ -33,9 +33,11 @@ struct ExerciserOptions {
   // A region from a page server: only size-preserving operations.
   bool fixed_size = false;
   // FUSE passthrough of a memfd keeps tmpfs's behaviour: what a mapping
-  // stored past the end of the last page shows again when a write past
-  // the end grows the file over it (a truncation or fallocate that grows
-  // it reads zero there). Without this, such bytes must read zero (POSIX).
+  // stored past the end of the last page may show again when a write past
+  // the end grows the file over it (the kernel writes the memfd; the
+  // daemon is not asked). With this set, writes do not grow the file while
+  // such a store may be there; truncations and fallocate, which the
+  // daemon serves, still must read zero there (POSIX).
   bool mapped_tail_survives_write_growth = false;
   // Sizes stay below this (truncate, writes and zero ranges past the end).
   uint64_t max_size = 4 << 20;

@@ -406,11 +406,11 @@ absl::Status Region::Resize(uint64_t new_size) {
     return state_ != nullptr ? state_->SetSize(new_size) : absl::OkStatus();
   }
   if (absl::Status s = store_->Resize(new_size); !s.ok()) return s;
-  // The old last page's bytes past the old end read zero now: a store
-  // through a mapping past the end may have left bytes there (a memfd
-  // keeps them), and POSIX says they are not the file's.
-  if (const uint64_t tail_end = std::min(new_size, PagesFor(old_size) * kPageSize);
-      tail_end > old_size) {
+  // The old last page's bytes past the old end read zero now (those past
+  // the new end too): a store through a mapping past the end may have left
+  // bytes there (a memfd keeps them), and POSIX says they are not the
+  // file's.
+  if (const uint64_t tail_end = PagesFor(old_size) * kPageSize; tail_end > old_size) {
     if (absl::Status s = store_->Punch(old_size, tail_end - old_size); !s.ok()) return s;
   }
   if (absl::Status s = map_.Resize(pages); !s.ok()) return s;
