@@ -44,7 +44,9 @@ class Exerciser {
     fd_ = open(o_.path.c_str(), flags, 0600);
     if (fd_ < 0) return Errno("open");
     if (int rc = CheckSize("start"); rc != 0) return rc;
-    if (int rc = VerifyAll(); rc != 0) return rc;
+    if (o_.verify_at_start) {
+      if (int rc = VerifyAll(false); rc != 0) return rc;
+    }
     for (op_ = 1; op_ <= o_.ops; ++op_) {
       if (int rc = OneOp(); rc != 0) return rc;
       if (int rc = CheckSize("after the operation"); rc != 0) return rc;
@@ -52,11 +54,11 @@ class Exerciser {
         if (int rc = DropCaches(); rc != 0) return rc;
       }
       if (o_.verify_every != 0 && op_ % o_.verify_every == 0) {
-        if (int rc = VerifyAll(); rc != 0) return rc;
+        if (int rc = VerifyAll(false); rc != 0) return rc;
       }
     }
     --op_;
-    if (int rc = VerifyAll(); rc != 0) return rc;
+    if (int rc = VerifyAll(true); rc != 0) return rc;
     close(fd_);
     fd_ = -1;
     if (!o_.save_model_to.empty()) {
@@ -463,7 +465,7 @@ class Exerciser {
     return 0;
   }
 
-  int VerifyAll() {
+  int VerifyAll(bool final) {
     Note("verify the whole file");
     if (int rc = CheckPathSize("at a verify"); rc != 0) return rc;
     constexpr uint64_t kChunk = 1 << 20;
@@ -480,7 +482,7 @@ class Exerciser {
     const ssize_t past = pread(fd_, buf.data(), kPage, static_cast<off_t>(size()));
     if (past != 0) return Mismatch(absl::StrCat("pread at the end returned ", past, ", want 0"));
     if (o_.daemon_check) {
-      const std::string err = o_.daemon_check(model_);
+      const std::string err = o_.daemon_check(model_, final);
       if (!err.empty()) return Mismatch(absl::StrCat("the daemon disagrees: ", err));
     }
     return 0;
