@@ -46,7 +46,7 @@ uint64_t EnvOr(const char* name, uint64_t fallback) {
 }
 
 // Operations per mode in CI: a few thousand, some seconds each.
-uint64_t Ops() { return EnvOr("LAZYRAM_EXERCISER_OPS", 2500); }
+uint64_t Ops() { return EnvOr("LAZYRAM_EXERCISER_OPS", 4000); }
 uint64_t Seed(uint64_t fixed) { return EnvOr("LAZYRAM_EXERCISER_SEED", fixed); }
 
 bool CanDropCaches() { return access("/proc/sys/vm/drop_caches", W_OK) == 0; }
