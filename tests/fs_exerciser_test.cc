@@ -78,6 +78,7 @@ struct Mode {
   bool source = false;  // a region from a page server (fixed size)
   // Its size past whole pages: such a region never goes passthrough.
   uint64_t source_tail = 0;
+  uint64_t image_mib = 4;
   bool dir_store = false;  // --store DIR instead of mem
   bool passthrough = true;
   bool prefetch = false;  // the pull races the operations
@@ -92,7 +93,7 @@ void Exercise(const Mode& mode) {
   std::unique_ptr<PageServerProcess> server;
   std::vector<uint8_t> initial;
   if (mode.source) {
-    initial = WriteImage(dir.Sub("img"), 4 * kMiB + 3 * kPage + mode.source_tail,
+    initial = WriteImage(dir.Sub("img"), mode.image_mib * kMiB + 3 * kPage + mode.source_tail,
                          static_cast<uint32_t>(seed),
                          /*zero_every=*/2, /*hole_bytes=*/5 * kPage);
     auto s = PageServerProcess::Start({"mem0=" + dir.Sub("img")});
@@ -107,6 +108,9 @@ void Exercise(const Mode& mode) {
   }
   mo.passthrough = mode.passthrough;
   mo.prefetch = mode.prefetch;
+  // The pull keeps one small fetch in flight for 20 ms after each fault:
+  // it races the operations for longer.
+  if (mode.prefetch) mo.extra_args = {"--pull-yield", "20"};
   const std::string name = mode.source ? "mem0" : "file";
   const int phases = mode.remount ? 2 : 1;
   const std::string model_path = dir.Sub("model");
@@ -114,6 +118,13 @@ void Exercise(const Mode& mode) {
   for (int phase = 0; phase < phases; ++phase) {
     auto mount = MountProcess::Start(dir, mo);
     ASSERT_TRUE(mount.ok()) << mount.status();
+    if (mode.prefetch && phase == 0) {
+      if (absl::StatusOr<json> r = (*mount)->RegionStatus(name); r.ok()) {
+        std::fprintf(stderr, "[%s] at the start: %s of %s pages local\n", mode.label.c_str(),
+                     r->value("pages_present", json(0)).dump().c_str(),
+                     r->value("pages_total", json(0)).dump().c_str());
+      }
+    }
     ExerciserOptions o;
     o.path = (*mount)->File(name);
     o.label = absl::StrCat(mode.label, phases > 1 ? absl::StrCat(", phase ", phase + 1) : "");
@@ -132,9 +143,10 @@ void Exercise(const Mode& mode) {
     }
     o.save_model_to = model_path;
     o.drop_caches_every = CanDropCaches() ? 700 : 0;
-    // A region from a page server without the pull stays lazy: nothing
-    // reads all of it before the end.
-    const bool lazy = mode.source && !mode.prefetch;
+    // A region from a page server stays lazy (and its pull races the
+    // operations): nothing reads all of it before the end of the first
+    // phase.
+    const bool lazy = mode.source && phase == 0;
     o.verify_every = lazy ? 0 : 500;
     o.verify_at_start = !lazy;
     o.daemon_check = DaemonCheck(**mount, name, /*hash_always=*/!lazy);
@@ -183,7 +195,11 @@ TEST(FsExerciser, SourceUnalignedSize) {
             .seed = 555});
 }
 TEST(FsExerciser, SourcePullRacing) {
-  Exercise({.label = "page server, pull racing", .source = true, .prefetch = true, .seed = 606});
+  Exercise({.label = "page server, pull racing",
+            .source = true,
+            .image_mib = 64,
+            .prefetch = true,
+            .seed = 606});
 }
 TEST(FsExerciser, SourceDirStoreAcrossRemount) {
   Exercise({.label = "page server, --store DIR, remount",
