@@ -398,3 +398,20 @@ TEST(ReproSource, WriteFetchesOnlyThePartialLastPage) {
 
 }  // namespace
 }  // namespace lazyram::testing
+
+// A mount needs /dev/fuse and root (drop_caches, FUSE passthrough's
+// backing files): without them the test cannot run, and says so (77:
+// skipped, for meson).
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  if (access("/dev/fuse", R_OK | W_OK) != 0) {
+    std::fprintf(stderr, "fs_exerciser: skipped: /dev/fuse is not usable (%s)\n",
+                 std::strerror(errno));
+    return 77;
+  }
+  if (geteuid() != 0) {
+    std::fprintf(stderr, "fs_exerciser: skipped: needs root (mounts, drop_caches)\n");
+    return 77;
+  }
+  return RUN_ALL_TESTS();
+}
