@@ -114,8 +114,7 @@ void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
   ssize_t index = IndexOf(fs, ino);
   if (index < 0) return (void)fuse_reply_err(req, ENOENT);
   // After a passthrough write past the end the kernel asks again (it
-  // invalidates the size): answer with the grown one.
-  fs->passthrough()->AdoptGrowth(static_cast<size_t>(index));
+  // invalidates the size): Region::size() answers with the grown one.
   struct stat st = fs->RegionAttr(static_cast<size_t>(index));
   fuse_reply_attr(req, &st, kCacheTimeout);
 }
@@ -127,9 +126,6 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
   ssize_t index = IndexOf(fs, ino);
   if (index < 0) return (void)fuse_reply_err(req, ino == FUSE_ROOT_ID ? EPERM : ENOENT);
   if (to_set & FUSE_SET_ATTR_SIZE) {
-    // From the size the store really has: a truncation must cut what a
-    // passthrough write appended too.
-    fs->passthrough()->AdoptGrowth(static_cast<size_t>(index));
     absl::Status s = fs->regions()
                          ->region(static_cast<size_t>(index))
                          ->Resize(static_cast<uint64_t>(attr->st_size));
@@ -150,6 +146,12 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (fs->regions()->read_only() &&
       ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))) {
     return (void)fuse_reply_err(req, EROFS);
+  }
+  if (fi->flags & O_TRUNC) {
+    // With atomic O_TRUNC (libfuse's default) the kernel leaves the
+    // truncation to OPEN and takes the size as 0 once it succeeds.
+    absl::Status s = fs->regions()->region(static_cast<size_t>(index))->Resize(0);
+    if (!s.ok()) return ReplyStatus(req, s);
   }
   const bool passthrough = PrepareOpen(fs, static_cast<size_t>(index), fi);
   fuse_reply_open(req, fi);
@@ -266,11 +268,22 @@ void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t len
   if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) {
     return region->Punch(off, len, [req](absl::Status s) { ReplyStatus(req, s); });
   }
+  if (mode == FALLOC_FL_ZERO_RANGE || mode == (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)) {
+    // Every page is backed already: zeroing a range is punching it, after
+    // growing a sourceless file when the range reaches past its end (the
+    // grown part reads zero). With KEEP_SIZE the range is cut at the end.
+    if (!(mode & FALLOC_FL_KEEP_SIZE) && off + len > region->size()) {
+      if (absl::Status s = region->Resize(off + len); !s.ok()) return ReplyStatus(req, s);
+    }
+    return region->Punch(off, len, [req](absl::Status s) { ReplyStatus(req, s); });
+  }
   if (mode == 0 || mode == FALLOC_FL_KEEP_SIZE) {
     // Every page is backed already; allocating only grows a sourceless file.
     if (mode == 0 && off + len > region->size()) return ReplyStatus(req, region->Resize(off + len));
     return (void)fuse_reply_err(req, 0);
   }
+  // COLLAPSE_RANGE, INSERT_RANGE, UNSHARE_RANGE, PUNCH_HOLE without KEEP_SIZE
+  // (which Linux refuses itself): not for RAM files.
   fuse_reply_err(req, EOPNOTSUPP);
 }
 

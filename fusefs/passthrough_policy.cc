@@ -17,8 +17,12 @@ constexpr uint64_t kPageSize = protocol::kPageSize;
 }  // namespace
 
 bool PassthroughPolicy::Eligible(Region& region) const {
+  // The kernel reads the memfd up to its end. The store of a region without
+  // a source is exactly the region's size; one with a source is rounded up
+  // to a page (fetched pages land whole), so only a page-multiple size
+  // reads right there.
   return channel_ != nullptr && channel_->negotiated() && region.store().fd() >= 0 &&
-         region.size() % kPageSize == 0 && region.complete();
+         (!region.has_source() || region.size() % kPageSize == 0) && region.complete();
 }
 
 bool PassthroughPolicy::usable() const { return channel_ != nullptr && failure_.empty(); }
@@ -54,8 +58,11 @@ bool PassthroughPolicy::GoPassthrough(Region& region, State* state) {
     return false;
   }
   state->backing_id = *id;
-  // The kernel now writes the memfd itself; a region from a source must
-  // keep its size there too, as Region::Write keeps it in cached mode.
+  // The kernel now writes the memfd itself: a region without a source
+  // takes over the growth of a write past its end from the memfd; one from
+  // a source must keep its size there too, as Region::Write keeps it in
+  // cached mode.
+  if (!region.has_source()) region.ShareStore();
   if (region.has_source() &&
       fcntl(region.store().fd(), F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK) != 0) {
     LogWarning("region %s: cannot seal the store's size (%s); a write past its end would grow it",
@@ -91,28 +98,7 @@ bool PassthroughPolicy::WouldPassthrough(size_t index) const {
   return it->second.backing_id > 0 || (eligible && it->second.open_cached == 0);
 }
 
-void PassthroughPolicy::AdoptGrowth(size_t index) {
-  Region* region = regions_->region(index);
-  if (region == nullptr || region->has_source()) return;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = states_.find(index);
-    if (it == states_.end() || it->second.backing_id == 0) return;
-  }
-  struct stat st;
-  if (fstat(region->store().fd(), &st) != 0) return;
-  const auto size = static_cast<uint64_t>(st.st_size);
-  // The memfd is the region's size rounded up to a page: only a write past
-  // that shows.
-  if (size <= (region->size() + kPageSize - 1) / kPageSize * kPageSize) return;
-  if (absl::Status s = region->Resize(size); !s.ok()) {
-    LogWarning("region %s grew to %d bytes through passthrough: %s", region->name(), size,
-               s.message());
-  }
-}
-
 void PassthroughPolicy::AddRegionStatus(size_t index, nlohmann::json* region) {
-  AdoptGrowth(index);
   absl::MutexLock lock(&mu_);
   State state;
   if (auto it = states_.find(index); it != states_.end()) state = it->second;

@@ -6,8 +6,10 @@
 //
 // The rules (docs/performance.md, "FUSE passthrough"):
 //   * Passthrough needs a complete region (every page local: the store then
-//     holds every byte) whose size is a multiple of 4 KiB (the memfd's
-//     size is, and passthrough reads follow the memfd).
+//     holds every byte). Passthrough reads follow the memfd's size: the
+//     memfd of a region without a source is exactly the region's size; that
+//     of a region from a source is rounded up to a page, so such a region
+//     must have a size that is a multiple of 4 KiB.
 //   * The kernel refuses passthrough and cached opens of one inode at once
 //     (fs/fuse/iomode.c, ETXTBSY/EIO). So a region goes passthrough only
 //     with no cached open outstanding (counted from OPEN to RELEASE; the
@@ -23,8 +25,9 @@
 // it, so the page map never marks them dirty; every reader of a region
 // reads the store, which stays authoritative for every page. A region from
 // a source keeps its fixed size: its memfd is sealed against growing and
-// shrinking. A region without one may grow by a write past its end; the
-// daemon adopts the memfd's size when asked for attributes or status.
+// shrinking. A region without one may grow by a write past its end: the
+// policy shares its store (Region::ShareStore), and Region::size() — which
+// every path asks — adopts the memfd's size.
 //
 // Thread-safety: every method may be called from any thread. Lock order:
 // mu_ before a Region's locks; mu_ is never held while calling the RegionSet.
@@ -68,10 +71,6 @@ class PassthroughPolicy {
   // Whether an open of region `index` now would be passthrough (the page
   // pusher skips such regions: nothing will read their page cache).
   bool WouldPassthrough(size_t index) const;
-
-  // A region without a source that went passthrough: if a write past its
-  // end grew the memfd, take that size as the region's.
-  void AdoptGrowth(size_t index);
 
   // Adds "passthrough", "passthrough_opens" and "open_files" to a region's
   // status entry.

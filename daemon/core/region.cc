@@ -1,5 +1,7 @@
 #include "daemon/core/region.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <utility>
 
@@ -106,6 +108,43 @@ Region::Region(Options options, std::unique_ptr<Store> store, PageMap map)
       store_(std::move(store)),
       state_(std::move(options.state)),
       map_(std::move(map)) {}
+
+uint64_t Region::size() const {
+  // A Region is never a const object: the const is for callers that only
+  // look; adopting the store's growth is how the size is looked at.
+  if (store_shared_.load(std::memory_order_acquire)) const_cast<Region*>(this)->AdoptStoreGrowth();
+  return size_.load(std::memory_order_acquire);
+}
+
+void Region::ShareStore() {
+  if (has_source() || store_->fd() < 0) return;
+  store_shared_.store(true, std::memory_order_release);
+}
+
+void Region::AdoptStoreGrowth() {
+  struct stat st;
+  if (fstat(store_->fd(), &st) != 0) return;
+  const auto file_size = static_cast<uint64_t>(st.st_size);
+  if (file_size <= size_.load(std::memory_order_acquire)) return;
+  absl::MutexLock lock(&resize_mu_);
+  // The store holds exactly the region's bytes: anything past the size is
+  // a write the kernel made past the end.
+  if (file_size <= size_.load(std::memory_order_acquire)) return;
+  if (file_size > max_size_) {
+    LogWarning("region %s grew to %d bytes through passthrough, past its maximum of %d", name_,
+               file_size, max_size_);
+    return;
+  }
+  if (absl::Status s = map_.Resize(PagesFor(file_size)); !s.ok()) {
+    LogWarning("region %s grew to %d bytes through passthrough: %s", name_, file_size, s.message());
+    return;
+  }
+  // Records the size (no bytes change: the file is that long already).
+  if (absl::Status s = store_->Resize(file_size); !s.ok()) {
+    LogWarning("region %s: %s", name_, s.message());
+  }
+  size_.store(file_size, std::memory_order_release);
+}
 
 bool Region::IsLocal(uint64_t offset, uint64_t length) const {
   if (length == 0) return true;
@@ -345,8 +384,10 @@ absl::Status Region::Resize(uint64_t new_size) {
     return absl::OutOfRangeError(
         absl::StrCat("size ", new_size, " exceeds the maximum of ", max_size_, " bytes"));
   }
+  // A truncation must also cut what a passthrough write appended.
+  if (store_shared_.load(std::memory_order_acquire)) AdoptStoreGrowth();
   absl::MutexLock lock(&resize_mu_);
-  const uint64_t old_size = size();
+  const uint64_t old_size = size_.load(std::memory_order_acquire);
   if (new_size == old_size) return absl::OkStatus();
   if (state_ != nullptr) {
     absl::MutexLock waiters_lock(&waiters_mu_);
@@ -361,10 +402,17 @@ absl::Status Region::Resize(uint64_t new_size) {
       return s;
     }
     if (absl::Status s = map_.Resize(pages); !s.ok()) return s;
-    if (absl::Status s = store_->Resize(pages * kPageSize); !s.ok()) return s;
+    if (absl::Status s = store_->Resize(new_size); !s.ok()) return s;
     return state_ != nullptr ? state_->SetSize(new_size) : absl::OkStatus();
   }
-  if (absl::Status s = store_->Resize(pages * kPageSize); !s.ok()) return s;
+  if (absl::Status s = store_->Resize(new_size); !s.ok()) return s;
+  // The old last page's bytes past the old end read zero now (those past
+  // the new end too): a store through a mapping past the end may have left
+  // bytes there (a memfd keeps them), and POSIX says they are not the
+  // file's.
+  if (const uint64_t tail_end = PagesFor(old_size) * kPageSize; tail_end > old_size) {
+    if (absl::Status s = store_->Punch(old_size, tail_end - old_size); !s.ok()) return s;
+  }
   if (absl::Status s = map_.Resize(pages); !s.ok()) return s;
   size_.store(new_size, std::memory_order_release);
   return state_ != nullptr ? state_->SetSize(new_size) : absl::OkStatus();
@@ -430,17 +478,55 @@ void Region::Write(uint64_t offset, std::span<const uint8_t> data, Done done) {
     return;
   }
   // The rest of a partly written page must hold the source's bytes: fetch
-  // the edges first, then write a copy of `data` (the caller's buffer does
-  // not outlive this call).
+  // those edge pages first (pages the write covers whole are not fetched:
+  // WriteLocal marks them dirty, and a fetch landing later skips them),
+  // then write a copy of `data` (the caller's buffer does not outlive this
+  // call).
   auto copy = std::make_shared<std::vector<uint8_t>>(data.begin(), data.end());
-  EnsureLocal(offset, data.size(), Priority::kDemand,
-              [this, offset, copy, done = std::move(done)](absl::Status s) mutable {
-                if (!s.ok()) {
-                  done(std::move(s));
-                  return;
-                }
-                WriteLocal(offset, *copy, std::move(done));
-              });
+  EnsureEdgesLocal(offset / kPageSize, head_partial, (end - 1) / kPageSize, tail_partial,
+                   [this, offset, copy, done = std::move(done)](absl::Status s) mutable {
+                     if (!s.ok()) {
+                       done(std::move(s));
+                       return;
+                     }
+                     WriteLocal(offset, *copy, std::move(done));
+                   });
+}
+
+void Region::EnsureEdgesLocal(uint64_t first_page, bool need_first, uint64_t last_page,
+                              bool need_last, Done done) {
+  if (need_first && need_last && last_page <= first_page + 1) {
+    // One page, or two adjacent ones: one fetch.
+    return EnsureLocal(first_page * kPageSize, (last_page - first_page + 1) * kPageSize,
+                       Priority::kDemand, std::move(done));
+  }
+  if (!need_first || !need_last) {
+    const uint64_t page = need_first ? first_page : last_page;
+    return EnsureLocal(page * kPageSize, kPageSize, Priority::kDemand, std::move(done));
+  }
+  struct Join {
+    std::atomic<int> left{2};
+    absl::Mutex mu;
+    absl::Status status ABSL_GUARDED_BY(mu);
+    Done done;
+  };
+  auto join = std::make_shared<Join>();
+  join->done = std::move(done);
+  auto one = [join](absl::Status s) {
+    if (!s.ok()) {
+      absl::MutexLock lock(&join->mu);
+      if (join->status.ok()) join->status = std::move(s);
+    }
+    if (join->left.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    absl::Status result;
+    {
+      absl::MutexLock lock(&join->mu);
+      result = join->status;
+    }
+    join->done(std::move(result));
+  };
+  EnsureLocal(first_page * kPageSize, kPageSize, Priority::kDemand, one);
+  EnsureLocal(last_page * kPageSize, kPageSize, Priority::kDemand, one);
 }
 
 void Region::WriteLocal(uint64_t offset, std::span<const uint8_t> data, Done done) {

@@ -78,7 +78,10 @@ class Region {
   Region& operator=(const Region&) = delete;
 
   const std::string& name() const { return name_; }
-  uint64_t size() const { return size_.load(std::memory_order_acquire); }
+  // The region's size: the one answer every path asks (attributes, reads,
+  // writes, status, hash, views). After ShareStore it first takes over any
+  // growth of the store's file.
+  uint64_t size() const;
   bool has_source() const { return source_ != nullptr; }
   Store& store() { return *store_; }
 
@@ -107,8 +110,17 @@ class Region {
   // fetched again. Partly covered pages are zeroed in place.
   void Punch(uint64_t offset, uint64_t length, Done done);
 
-  // Sets the size of a region without a source (QEMU's ftruncate).
+  // Sets the size of a region without a source (QEMU's ftruncate). The
+  // store of a region without a source holds exactly `size` bytes (the
+  // kernel reads it directly under FUSE passthrough, up to its end).
   absl::Status Resize(uint64_t size);
+
+  // FUSE passthrough: from now on the kernel writes the store's descriptor
+  // itself, so a write past the end grows the store's file without the
+  // region seeing it. size() then adopts the file's size whenever it has
+  // grown. Only for a region without a source (the store of one with a
+  // source is sealed against size changes).
+  void ShareStore();
 
   // Background pull: claims the next run of absent pages at or after
   // `*cursor` (wrapping once), at most `max_pages`, marks them pulling and
@@ -189,6 +201,12 @@ class Region {
   void WriteLocal(uint64_t offset, std::span<const uint8_t> data, Done done);
   void PunchLocal(uint64_t offset, uint64_t length, Done done);
   absl::Status GrowFor(uint64_t end);
+  // With a shared store: takes over the store file's size if it grew.
+  void AdoptStoreGrowth();
+  // Calls `done` once [offset, offset+1) and [last, last+1) are local (each
+  // only when `need_*`): the partly covered edge pages of a write.
+  void EnsureEdgesLocal(uint64_t first_page, bool need_first, uint64_t last_page, bool need_last,
+                        Done done);
   void LockStripes(uint64_t first_page, uint64_t end_page);
   void UnlockStripes(uint64_t first_page, uint64_t end_page);
 
@@ -197,6 +215,7 @@ class Region {
   PageSource* const source_;
   const uint64_t max_size_;
   std::atomic<uint64_t> size_;
+  std::atomic<bool> store_shared_{false};
   std::unique_ptr<Store> store_;
   std::unique_ptr<StateFile> state_;  // null without --store DIR
   PageMap map_;                       // in state_'s file when there is one

@@ -1,6 +1,8 @@
 #include "daemon/core/region.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -470,6 +472,47 @@ TEST_F(RegionTest, PartialWriteWithinOnePageOfTwo) {
   EXPECT_FALSE(source_->Fetched(1));
 }
 
+// Issue item 4: a write covering whole absent pages needs none of their
+// old bytes; only a partly covered last (or first) page is fetched.
+TEST_F(RegionTest, WriteOfWholeAbsentPagesFetchesOnlyThePartialEdge) {
+  MakeRegion(32);
+  const uint64_t offset = 4 * kPageSize;
+  std::vector<uint8_t> data(64 * 1024 + 100);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7 + 1);
+  DoneRecorder r;
+  region_->Write(offset, data, r.Callback());
+  const std::vector<PendingFetch> h = source_->history();
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_EQ(h[0].first_page, 20u);
+  EXPECT_EQ(h[0].count, 1u);
+  source_->CompleteAll();
+  ASSERT_TRUE(r.called());
+  EXPECT_TRUE(r.status().ok()) << r.status();
+  std::vector<uint8_t> expected = source_->image();
+  std::copy(data.begin(), data.end(), expected.begin() + static_cast<ptrdiff_t>(offset));
+  EXPECT_EQ(Read(offset, 17 * kPageSize), Slice(expected, offset, 17 * kPageSize));
+  EXPECT_EQ(region_->Stats().pages_dirty, 17u);
+  EXPECT_EQ(region_->Stats().bytes_fetched, kPageSize);
+}
+
+TEST_F(RegionTest, WriteWithBothEdgesPartialFetchesJustTheEdges) {
+  MakeRegion(32);
+  const uint64_t offset = 2 * kPageSize + 10;
+  const std::vector<uint8_t> data = Filled(10 * kPageSize, 0x5C);
+  DoneRecorder r;
+  region_->Write(offset, data, r.Callback());
+  EXPECT_EQ(source_->fetches(), 2u);
+  source_->CompleteAll();
+  ASSERT_TRUE(r.called());
+  EXPECT_TRUE(r.status().ok()) << r.status();
+  EXPECT_TRUE(source_->Fetched(2));
+  EXPECT_TRUE(source_->Fetched(12));
+  for (uint64_t p = 3; p < 12; ++p) EXPECT_FALSE(source_->Fetched(p)) << p;
+  std::vector<uint8_t> expected = source_->image();
+  std::copy(data.begin(), data.end(), expected.begin() + static_cast<ptrdiff_t>(offset));
+  EXPECT_EQ(Read(2 * kPageSize, 11 * kPageSize), Slice(expected, 2 * kPageSize, 11 * kPageSize));
+}
+
 TEST_F(RegionTest, WritePastTheEndOfASourcedRegionFails) {
   MakeRegion(2);
   absl::Status s = WriteNow(2 * kPageSize - 10, Filled(20, 1));
@@ -901,6 +944,43 @@ TEST_F(SourcelessRegionTest, WritePastTheEndGrows) {
   absl::Status s = WriteNow(16 * kPageSize - 10, Filled(20, 1));
   EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange) << s;
   EXPECT_EQ(region_->size(), 2 * kPageSize + 4050);
+}
+
+// The store of a region without a source holds exactly its bytes: the
+// kernel reads it up to its end under FUSE passthrough.
+TEST_F(SourcelessRegionTest, StoreIsExactlyTheRegionSize) {
+  MakeSourceless(0, 16 * kPageSize);
+  ASSERT_TRUE(region_->Resize(100).ok());
+  EXPECT_EQ(region_->store().Size(), 100u);
+  struct stat st;
+  ASSERT_EQ(fstat(region_->store().fd(), &st), 0);
+  EXPECT_EQ(st.st_size, 100);
+  ASSERT_TRUE(WriteNow(100, Filled(100, 9)).ok());
+  EXPECT_EQ(region_->size(), 200u);
+  ASSERT_EQ(fstat(region_->store().fd(), &st), 0);
+  EXPECT_EQ(st.st_size, 200);
+}
+
+// After ShareStore, a write straight to the store past the end (as the
+// kernel makes under passthrough) becomes the region's size — even one
+// that stays inside the last page.
+TEST_F(SourcelessRegionTest, SharedStoreGrowthIsAdopted) {
+  MakeSourceless(0, 16 * kPageSize);
+  ASSERT_TRUE(region_->Resize(100).ok());
+  region_->ShareStore();
+  const std::vector<uint8_t> data = Filled(100, 0x42);
+  ASSERT_EQ(pwrite(region_->store().fd(), data.data(), data.size(), 100), 100);
+  EXPECT_EQ(region_->size(), 200u);
+  EXPECT_EQ(region_->Stats().size, 200u);
+  ASSERT_EQ(pwrite(region_->store().fd(), data.data(), data.size(), 3 * kPageSize), 100);
+  EXPECT_EQ(region_->size(), 3 * kPageSize + 100);
+  EXPECT_EQ(region_->Stats().pages_total, 4u);
+  // A truncation cuts what was appended too.
+  ASSERT_TRUE(region_->Resize(150).ok());
+  EXPECT_EQ(region_->size(), 150u);
+  struct stat st;
+  ASSERT_EQ(fstat(region_->store().fd(), &st), 0);
+  EXPECT_EQ(st.st_size, 150);
 }
 
 TEST_F(SourcelessRegionTest, ShrinkThenGrowReadsZero) {

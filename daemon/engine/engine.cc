@@ -143,8 +143,12 @@ Engine::~Engine() { Shutdown(); }
 absl::StatusOr<std::unique_ptr<Region>> Engine::BuildRegion(Region::Options ro) {
   std::unique_ptr<Store> store;
   if (store_dir_ == nullptr) {
-    absl::StatusOr<std::unique_ptr<FdStore>> memory = FdStore::CreateMemory(
-        ro.name, (ro.size + protocol::kPageSize - 1) / protocol::kPageSize * protocol::kPageSize);
+    // A region from a source receives whole pages; one without holds
+    // exactly its bytes (Region::Resize).
+    const uint64_t bytes = ro.source != nullptr ? (ro.size + protocol::kPageSize - 1) /
+                                                      protocol::kPageSize * protocol::kPageSize
+                                                : ro.size;
+    absl::StatusOr<std::unique_ptr<FdStore>> memory = FdStore::CreateMemory(ro.name, bytes);
     if (!memory.ok()) return memory.status();
     store = *std::move(memory);
   } else {
