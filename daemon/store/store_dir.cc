@@ -107,6 +107,7 @@ absl::Status StoreDir::CheckSource(const std::vector<protocol::RegionInfo>& tabl
 }
 
 absl::StatusOr<std::vector<Region::Options>> StoreDir::SourcelessRegions(uint64_t max_size) {
+  source_id_ = 0;  // a mount without a source
   return LocalRegions(max_size);
 }
 
