@@ -36,6 +36,7 @@ class Exerciser {
  public:
   explicit Exerciser(const ExerciserOptions& o) : o_(o), rng_(o.seed), model_(o.initial) {}
   ~Exerciser() {
+    Unmap();
     if (fd_ >= 0) close(fd_);
   }
 
@@ -44,7 +45,9 @@ class Exerciser {
     fd_ = open(o_.path.c_str(), flags, 0600);
     if (fd_ < 0) return Errno("open");
     if (int rc = CheckSize("start"); rc != 0) return rc;
-    if (int rc = VerifyAll(); rc != 0) return rc;
+    if (o_.verify_at_start) {
+      if (int rc = VerifyAll(false); rc != 0) return rc;
+    }
     for (op_ = 1; op_ <= o_.ops; ++op_) {
       if (int rc = OneOp(); rc != 0) return rc;
       if (int rc = CheckSize("after the operation"); rc != 0) return rc;
@@ -52,11 +55,12 @@ class Exerciser {
         if (int rc = DropCaches(); rc != 0) return rc;
       }
       if (o_.verify_every != 0 && op_ % o_.verify_every == 0) {
-        if (int rc = VerifyAll(); rc != 0) return rc;
+        if (int rc = VerifyAll(false); rc != 0) return rc;
       }
     }
     --op_;
-    if (int rc = VerifyAll(); rc != 0) return rc;
+    if (int rc = VerifyAll(true); rc != 0) return rc;
+    Unmap();
     close(fd_);
     fd_ = -1;
     if (!o_.save_model_to.empty()) {
@@ -253,24 +257,48 @@ class Exerciser {
     return true;
   }
 
+  // One shared mapping of the whole room (max_size, or the fixed size),
+  // held across operations — truncations, punches, writes — until the file
+  // is closed. Only the part inside the file is touched.
+  bool Held() {
+    if (held_ != nullptr) return true;
+    held_length_ = o_.fixed_size ? std::max<uint64_t>(size(), kPage) : o_.max_size;
+    void* p = mmap(nullptr, held_length_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+    if (p == MAP_FAILED) return false;
+    held_ = static_cast<uint8_t*>(p);
+    return true;
+  }
+  void Unmap() {
+    if (held_ != nullptr) munmap(held_, held_length_);
+    held_ = nullptr;
+  }
+
   int OpMapRead() {
     if (size() == 0) return 0;
     const uint64_t off = PickOffset(size() - 1);
     const uint64_t len = std::min(PickLength(), size() - off);
-    Note(absl::StrCat("mapped read ", off, "+", len));
+    const bool held = Chance(50);
+    Note(absl::StrCat(held ? "held-mapping read " : "mapped read ", off, "+", len));
     Mapping m;
-    if (!Map(fd_, off, len, false, &m)) return Errno("mmap for reading");
-    if (int rc = Compare(m.at, off, len, "mapped read"); rc != 0) return rc;
+    const uint8_t* at;
+    if (held) {
+      if (!Held()) return Errno("mmap of the whole file");
+      at = held_ + off;
+    } else {
+      if (!Map(fd_, off, len, false, &m)) return Errno("mmap for reading");
+      at = m.at;
+    }
+    if (int rc = Compare(at, off, len, "mapped read"); rc != 0) return rc;
     // POSIX: the rest of the last page reads zero through a mapping —
     // unless this run stored there through one (OpMapWritePastEnd) since
     // the size last changed.
     if (off + len == size() && size() % kPage != 0 && !tail_written_) {
       const uint64_t tail = kPage - size() % kPage;
       for (uint64_t i = 0; i < tail; ++i) {
-        if (m.at[len + i] != 0) {
+        if (at[len + i] != 0) {
           return Mismatch(absl::StrCat("mapped read: byte ", size() + i,
                                        " past the end of the last page is 0x",
-                                       absl::Hex(m.at[len + i]), ", want 0"));
+                                       absl::Hex(at[len + i]), ", want 0"));
         }
       }
     }
@@ -299,12 +327,20 @@ class Exerciser {
     if (size() == 0) return 0;
     const uint64_t off = PickOffset(size() - 1);
     const uint64_t len = std::min(PickLength(), size() - off);
-    Note(absl::StrCat("mapped write+msync ", off, "+", len));
+    const bool held = Chance(50);
+    Note(absl::StrCat(held ? "held-mapping write+msync " : "mapped write+msync ", off, "+", len));
     const std::vector<uint8_t> data = RandomBytes(len);
-    Mapping m;
-    if (!Map(fd_, off, len, true, &m)) return Errno("mmap for writing");
-    std::memcpy(m.at, data.data(), len);
-    if (msync(m.base, m.length, MS_SYNC) != 0) return Errno("msync");
+    if (held) {
+      if (!Held()) return Errno("mmap of the whole file");
+      std::memcpy(held_ + off, data.data(), len);
+      const uint64_t page = off / kPage * kPage;
+      if (msync(held_ + page, off + len - page, MS_SYNC) != 0) return Errno("msync");
+    } else {
+      Mapping m;
+      if (!Map(fd_, off, len, true, &m)) return Errno("mmap for writing");
+      std::memcpy(m.at, data.data(), len);
+      if (msync(m.base, m.length, MS_SYNC) != 0) return Errno("msync");
+    }
     std::copy(data.begin(), data.end(), model_.begin() + static_cast<ptrdiff_t>(off));
     return 0;
   }
@@ -378,6 +414,7 @@ class Exerciser {
   int OpReopen() {
     const bool trunc = !o_.fixed_size && Chance(10);
     Note(trunc ? "close, reopen O_TRUNC" : "close, reopen");
+    Unmap();
     if (close(fd_) != 0) return Errno("close");
     fd_ = open(o_.path.c_str(), O_RDWR | (trunc ? O_TRUNC : 0));
     if (fd_ < 0) return Errno("reopen");
@@ -387,6 +424,7 @@ class Exerciser {
 
   int DropCaches() {
     Note("close, drop_caches, stat, reopen");
+    Unmap();
     if (close(fd_) != 0) return Errno("close");
     fd_ = -1;
     sync();
@@ -463,7 +501,7 @@ class Exerciser {
     return 0;
   }
 
-  int VerifyAll() {
+  int VerifyAll(bool final) {
     Note("verify the whole file");
     if (int rc = CheckPathSize("at a verify"); rc != 0) return rc;
     constexpr uint64_t kChunk = 1 << 20;
@@ -480,7 +518,7 @@ class Exerciser {
     const ssize_t past = pread(fd_, buf.data(), kPage, static_cast<off_t>(size()));
     if (past != 0) return Mismatch(absl::StrCat("pread at the end returned ", past, ", want 0"));
     if (o_.daemon_check) {
-      const std::string err = o_.daemon_check(model_);
+      const std::string err = o_.daemon_check(model_, final);
       if (!err.empty()) return Mismatch(absl::StrCat("the daemon disagrees: ", err));
     }
     return 0;
@@ -494,6 +532,8 @@ class Exerciser {
   std::deque<std::string> recent_;
   // A mapped store past the end since the size last changed.
   bool tail_written_ = false;
+  uint8_t* held_ = nullptr;
+  uint64_t held_length_ = 0;
 };
 
 }  // namespace

@@ -47,9 +47,13 @@ struct ExerciserOptions {
   // Every this many operations (and at the end): the whole file is read
   // and compared, and `daemon_check` (if set) runs.
   uint64_t verify_every = 500;
+  // Whether the whole file is read and compared at the start too (a read
+  // of everything makes a lazy region complete: off to keep it lazy).
+  bool verify_at_start = true;
   // Compares the daemon's view (status size, `lazyramctl hash`) with the
-  // model; returns what disagrees, or "" when all agree.
-  std::function<std::string(const std::vector<uint8_t>& model)> daemon_check;
+  // model; returns what disagrees, or "" when all agree. `final`: the
+  // check at the end of the run.
+  std::function<std::string(const std::vector<uint8_t>& model, bool final)> daemon_check;
   // When set, the model at the end is written here (for a later run that
   // continues from it, e.g. after a remount).
   std::string save_model_to;

@@ -163,29 +163,32 @@ void Region::ShareStore() {
 }
 
 void Region::AdoptStoreGrowth() {
-  struct stat st;
-  if (fstat(store_->fd(), &st) != 0) return;
-  const auto file_size = static_cast<uint64_t>(st.st_size);
-  if (file_size <= size_.load(std::memory_order_acquire)) return;
+  auto file_size = [this]() -> uint64_t {
+    struct stat st;
+    return fstat(store_->fd(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+  };
+  if (file_size() <= size_.load(std::memory_order_acquire)) return;
   absl::MutexLock lock(&resize_mu_);
+  // Looked at again under the lock: a truncation that held it may have cut
+  // the file since (its old size must not come back).
+  const uint64_t grown = file_size();
   // The store holds exactly the region's bytes: anything past the size is
   // a write the kernel made past the end.
-  if (file_size <= size_.load(std::memory_order_acquire)) return;
-  if (file_size > max_size_) {
+  if (grown <= size_.load(std::memory_order_acquire)) return;
+  if (grown > max_size_) {
     LogWarning("region %s grew to %d bytes through passthrough, past its maximum of %d", name(),
-               file_size, max_size_);
+               grown, max_size_);
     return;
   }
-  if (absl::Status s = map_.Resize(PagesFor(file_size)); !s.ok()) {
-    LogWarning("region %s grew to %d bytes through passthrough: %s", name(), file_size,
-               s.message());
+  if (absl::Status s = map_.Resize(PagesFor(grown)); !s.ok()) {
+    LogWarning("region %s grew to %d bytes through passthrough: %s", name(), grown, s.message());
     return;
   }
   // Records the size (no bytes change: the file is that long already).
-  if (absl::Status s = store_->Resize(file_size); !s.ok()) {
+  if (absl::Status s = store_->Resize(grown); !s.ok()) {
     LogWarning("region %s: %s", name(), s.message());
   }
-  size_.store(file_size, std::memory_order_release);
+  size_.store(grown, std::memory_order_release);
 }
 
 bool Region::IsLocal(uint64_t offset, uint64_t length) const {

@@ -983,6 +983,30 @@ TEST_F(SourcelessRegionTest, SharedStoreGrowthIsAdopted) {
   EXPECT_EQ(st.st_size, 150);
 }
 
+// Adopting a shared store's growth never brings back a size a concurrent
+// truncation cut: every look at the size races the truncations here.
+TEST_F(SourcelessRegionTest, SharedStoreAdoptionDoesNotUndoTruncations) {
+  MakeSourceless(0, 64 * kPageSize);
+  region_->ShareStore();
+  std::atomic<bool> stop{false};
+  std::thread looker([&] {
+    while (!stop.load()) (void)region_->size();
+  });
+  std::mt19937 rng(7);
+  uint64_t last = 0;
+  for (int i = 0; i < 3000; ++i) {
+    last = rng() % (64 * kPageSize);
+    ASSERT_TRUE(region_->Resize(last).ok());
+    ASSERT_EQ(region_->size(), last) << "after resize " << i;
+  }
+  stop.store(true);
+  looker.join();
+  EXPECT_EQ(region_->size(), last);
+  struct stat st;
+  ASSERT_EQ(fstat(region_->store().fd(), &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), last);
+}
+
 TEST_F(SourcelessRegionTest, ShrinkThenGrowReadsZero) {
   MakeSourceless(4 * kPageSize, 16 * kPageSize);
   std::vector<uint8_t> data(4 * kPageSize);
