@@ -149,6 +149,36 @@ absl::Status Filesystem::Unmount(bool lazy) {
       absl::StrCat("cannot unmount ", options_.mountpoint, ": ", std::strerror(errno)));
 }
 
+void Filesystem::AddLookup(size_t index) {
+  absl::MutexLock lock(&lookups_mu_);
+  ++lookups_[index];
+}
+
+void Filesystem::Forget(size_t index, uint64_t count) {
+  {
+    absl::MutexLock lock(&lookups_mu_);
+    auto it = lookups_.find(index);
+    if (it == lookups_.end()) return;
+    if (it->second > count) {
+      it->second -= count;
+      return;
+    }
+    lookups_.erase(it);
+  }
+  // Forgotten. An unlinked region cannot be looked up again (it has no
+  // name), so nothing revives it between here and the release.
+  Region* region = parts_.regions->region(index);
+  if (region != nullptr && region->unlinked()) parts_.regions->ReleaseRegion(index);
+}
+
+void Filesystem::ReleaseIfForgotten(size_t index) {
+  {
+    absl::MutexLock lock(&lookups_mu_);
+    if (lookups_.contains(index)) return;
+  }
+  parts_.regions->ReleaseRegion(index);
+}
+
 struct stat Filesystem::RootAttr() const {
   struct stat st {};
   st.st_ino = FUSE_ROOT_ID;

@@ -1,7 +1,9 @@
 // Filesystem: the kernel-facing layer. Mounts a FUSE filesystem whose root
 // holds one regular file per region of a RegionSet, and maps libfuse low-level
 // requests onto Region calls. Inode numbers are region index + 2 (1 is the
-// root) and never reused: regions are never removed.
+// root) and never reused: an unlinked region keeps its slot (and inode)
+// for good; once the kernel has forgotten it (lookup counting below) its
+// store is freed (RegionSet::ReleaseRegion).
 //
 // Threading: Run serves on libfuse's worker threads, which never block on
 // the network — a READ of absent pages is answered from the thread that
@@ -14,7 +16,9 @@
 #include <memory>
 #include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/control/status_sections.h"
 #include "daemon/core/region_set.h"
@@ -67,6 +71,15 @@ class Filesystem {
 
   const std::string& mountpoint() const { return options_.mountpoint; }
 
+  // Lookup counting (the kernel's nlookup) of region `index`: each
+  // fuse_reply_entry/fuse_reply_create adds one, FORGET subtracts. When an
+  // unlinked region's count reaches 0 its store is released.
+  void AddLookup(size_t index);
+  void Forget(size_t index, uint64_t count);
+  // After an unlink (or a rename that replaced it): releases the region at
+  // once if the kernel holds no reference.
+  void ReleaseIfForgotten(size_t index);
+
   // Called by the request handlers (fusefs/filesystem_ops.cc).
   RegionSet* regions() const { return parts_.regions; }
   struct stat RegionAttr(size_t index) const;
@@ -95,6 +108,8 @@ class Filesystem {
   std::unique_ptr<PassthroughPolicy> passthrough_;
   fuse_session* session_ = nullptr;
   std::unique_ptr<PagePusher> pusher_;  // before session_ goes
+  absl::Mutex lookups_mu_;              // a leaf
+  absl::flat_hash_map<size_t, uint64_t> lookups_ ABSL_GUARDED_BY(lookups_mu_);
 };
 
 }  // namespace lazyram::fusefs

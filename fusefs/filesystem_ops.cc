@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <stdio.h>  // RENAME_NOREPLACE
 #include <sys/statvfs.h>
 
 #include <cerrno>
@@ -101,7 +102,23 @@ void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   std::optional<size_t> index = fs->regions()->FindRegion(name);
   if (!index.has_value()) return (void)fuse_reply_err(req, ENOENT);
   fuse_entry_param e = EntryFor(fs, *index);
+  fs->AddLookup(*index);  // before the reply: a FORGET may follow it at once
   fuse_reply_entry(req, &e);
+}
+
+void ForgetOne(Filesystem* fs, fuse_ino_t ino, uint64_t nlookup) {
+  if (ino < 2 || ViewsDir::Owns(ino)) return;
+  fs->Forget(ino - 2, nlookup);
+}
+
+void Forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  ForgetOne(Fs(req), ino, nlookup);
+  fuse_reply_none(req);
+}
+
+void ForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  for (size_t i = 0; i < count; ++i) ForgetOne(Fs(req), forgets[i].ino, forgets[i].nlookup);
+  fuse_reply_none(req);
 }
 
 void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
@@ -167,6 +184,7 @@ void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/
   if (!index.ok()) return ReplyStatus(req, index.status());
   fuse_entry_param e = EntryFor(fs, *index);
   const bool passthrough = PrepareOpen(fs, *index, fi);
+  fs->AddLookup(*index);
   fuse_reply_create(req, &e, fi);
   AfterReply(fs, *index, passthrough);
 }
@@ -323,9 +341,11 @@ void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
       st.st_mode = S_IFDIR;
       name = kViewsDirName;
     } else {
-      st.st_ino = k - first_region + 2;  // region i has inode i + 2
+      Region* region = fs->regions()->region(k - first_region);
+      if (region == nullptr || region->unlinked()) continue;  // slots stay; names go
+      st.st_ino = k - first_region + 2;                       // region i has inode i + 2
       st.st_mode = S_IFREG;
-      name = fs->regions()->region(k - first_region)->name();
+      name = region->name();
     }
     size_t need = fuse_add_direntry(req, buf.data() + used, size - used, name.c_str(), &st,
                                     static_cast<off_t>(k + 1));
@@ -340,9 +360,11 @@ void StatFs(fuse_req_t req, fuse_ino_t) {
   struct statvfs sv {};
   sv.f_bsize = sv.f_frsize = 4096;
   for (size_t i = 0; i < fs->regions()->region_count(); ++i) {
-    sv.f_blocks += (fs->regions()->region(i)->size() + 4095) / 4096;
+    Region* region = fs->regions()->region(i);
+    if (region->unlinked()) continue;
+    sv.f_blocks += (region->size() + 4095) / 4096;
+    ++sv.f_files;
   }
-  sv.f_files = fs->regions()->region_count();
   sv.f_namemax = 255;
   fuse_reply_statfs(req, &sv);
 }
@@ -359,24 +381,63 @@ void Lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info
   fuse_reply_lseek(req, whence == SEEK_DATA ? off : static_cast<off_t>(size));
 }
 
-// Namespace changes: never supported; EROFS on a read-only mount.
+// Other namespace changes (folders, links, device files): not supported;
+// EROFS on a read-only mount.
 void NoNamespaceChange(fuse_req_t req) {
   fuse_reply_err(req, Fs(req)->regions()->read_only() ? EROFS : ENOSYS);
 }
 void Mknod(fuse_req_t req, fuse_ino_t, const char*, mode_t, dev_t) { NoNamespaceChange(req); }
 void Mkdir(fuse_req_t req, fuse_ino_t, const char*, mode_t) { NoNamespaceChange(req); }
-void Unlink(fuse_req_t req, fuse_ino_t, const char*) { NoNamespaceChange(req); }
 void Rmdir(fuse_req_t req, fuse_ino_t, const char*) { NoNamespaceChange(req); }
 void Symlink(fuse_req_t req, const char*, fuse_ino_t, const char*) { NoNamespaceChange(req); }
 void Link(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) { NoNamespaceChange(req); }
-void Rename(fuse_req_t req, fuse_ino_t, const char*, fuse_ino_t, const char*, unsigned int) {
-  NoNamespaceChange(req);
+
+// Unlink: the name goes at once; the region's store is freed once the
+// kernel forgets its inode (last close, last munmap; Filesystem::Forget).
+void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Filesystem* fs = Fs(req);
+  if (fs->regions()->read_only() || parent == kViewsDirIno) return (void)fuse_reply_err(req, EROFS);
+  if (parent != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOENT);
+  if (fs->views() != nullptr && std::strcmp(name, kViewsDirName) == 0) {
+    return (void)fuse_reply_err(req, EISDIR);
+  }
+  absl::StatusOr<size_t> index = fs->regions()->UnlinkRegion(name);
+  if (!index.ok()) return ReplyStatus(req, index.status());
+  fuse_reply_err(req, 0);
+  fs->ReleaseIfForgotten(*index);
+}
+
+// Rename within the root. RENAME_NOREPLACE is honoured; RENAME_EXCHANGE
+// and whiteouts are not supported (EINVAL).
+void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+            const char* newname, unsigned int flags) {
+  Filesystem* fs = Fs(req);
+  if (fs->regions()->read_only() || parent == kViewsDirIno || newparent == kViewsDirIno) {
+    return (void)fuse_reply_err(req, EROFS);
+  }
+  if (parent != FUSE_ROOT_ID || newparent != FUSE_ROOT_ID) {
+    return (void)fuse_reply_err(req, ENOENT);
+  }
+  if ((flags & ~static_cast<unsigned>(RENAME_NOREPLACE)) != 0) {
+    return (void)fuse_reply_err(req, EINVAL);
+  }
+  if (fs->views() != nullptr &&
+      (std::strcmp(name, kViewsDirName) == 0 || std::strcmp(newname, kViewsDirName) == 0)) {
+    return (void)fuse_reply_err(req, EBUSY);
+  }
+  absl::StatusOr<std::optional<size_t>> replaced =
+      fs->regions()->RenameRegion(name, newname, (flags & RENAME_NOREPLACE) != 0);
+  if (!replaced.ok()) return ReplyStatus(req, replaced.status());
+  fuse_reply_err(req, 0);
+  if (replaced->has_value()) fs->ReleaseIfForgotten(**replaced);
 }
 
 fuse_lowlevel_ops MakeOps() {
   fuse_lowlevel_ops ops{};
   ops.init = Init;
   ops.lookup = Lookup;
+  ops.forget = Forget;
+  ops.forget_multi = ForgetMulti;
   ops.getattr = GetAttr;
   ops.setattr = SetAttr;
   ops.open = Open;

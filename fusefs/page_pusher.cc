@@ -96,6 +96,9 @@ void PagePusher::Loop() {
 
 void PagePusher::Warm(const Run& run) {
   Region* region = regions_->region(run.index);
+  // An unlinked region has no name to open in the mount (and whatever
+  // has it open reads it through its own file).
+  if (region->unlinked()) return;
   const uint64_t offset = run.first * kPageSize;
   const uint64_t end = std::min(region->size(), (run.first + run.count) * kPageSize);
   if (offset >= end) return;

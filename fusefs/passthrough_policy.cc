@@ -58,6 +58,7 @@ bool PassthroughPolicy::GoPassthrough(Region& region, State* state) {
     return false;
   }
   state->backing_id = *id;
+  region.MarkPassthrough();
   // The kernel now writes the memfd itself: a region without a source
   // takes over the growth of a write past its end from the memfd; one from
   // a source must keep its size there too, as Region::Write keeps it in

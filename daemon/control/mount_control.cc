@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -48,13 +49,23 @@ nlohmann::json MountControl::StatusJson() const {
   nlohmann::json regions = nlohmann::json::array();
   bool complete = true;
   uint64_t store_bytes = 0;
+  // Unlinked regions that files still hold open (not yet released): not
+  // listed (they have no name), but their store still counts.
+  uint64_t unlinked = 0, unlinked_bytes = 0;
+  std::vector<bool> listed;
   const size_t count = parts_.regions->region_count();
   for (size_t i = 0; i < count; ++i) {
     Region* r = parts_.regions->region(i);
     {
       RegionStats s = r->Stats();
-      complete = complete && s.complete;
       store_bytes += s.store_bytes;
+      listed.push_back(!r->unlinked());
+      if (r->unlinked()) {
+        if (!r->retired()) ++unlinked;
+        unlinked_bytes += s.store_bytes;
+      } else {
+        complete = complete && s.complete;
+      }
       regions.push_back(
           {{"name", s.name},
            {"size", s.size},
@@ -71,7 +82,14 @@ nlohmann::json MountControl::StatusJson() const {
            {"complete", s.complete}});
     }
   }
+  // The hook takes a region's slot index: fill first, then drop the
+  // unlinked ones.
   parts_.sections->FillRegions(&regions);
+  nlohmann::json named = nlohmann::json::array();
+  for (size_t i = 0; i < regions.size(); ++i) {
+    if (listed[i]) named.push_back(std::move(regions[i]));
+  }
+  regions = std::move(named);
   const Fetcher* fetcher = parts_.fetcher;
   std::string source = fetcher != nullptr    ? std::string(SourceStateName(fetcher->state()))
                        : parts_.local_source ? "local"
@@ -80,7 +98,9 @@ nlohmann::json MountControl::StatusJson() const {
                         {"complete", complete},
                         {"pid", getpid()},
                         {"regions", regions},
-                        {"store_bytes", store_bytes}};
+                        {"store_bytes", store_bytes},
+                        {"unlinked_regions", unlinked},
+                        {"unlinked_store_bytes", unlinked_bytes}};
   if (fetcher != nullptr) {
     const Fetcher::Stats stats = fetcher->stats();
     out["checksum_errors"] = stats.checksum_errors;

@@ -88,7 +88,10 @@ void Puller::Run() {
     mu_.Await(absl::Condition(&drained));
     if (stop_) break;
     bool all_complete = true;
-    for (Region* region : regions_) all_complete = all_complete && region->complete();
+    // An unlinked region is never pulled again: it does not hold the end up.
+    for (Region* region : regions_) {
+      all_complete = all_complete && (region->unlinked() || region->complete());
+    }
     if (all_complete) {
       mu_.Unlock();
       on_complete_();

@@ -1,6 +1,7 @@
 #include "daemon/core/region.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <utility>
@@ -27,6 +28,23 @@ struct Region::Waiter {
 namespace {
 
 uint64_t PagesFor(uint64_t bytes) { return (bytes + kPageSize - 1) / kPageSize; }
+
+// Pages of [0, pages) that hold data in `fd` (SEEK_DATA/SEEK_HOLE; a page
+// partly allocated counts).
+uint64_t AllocatedPages(int fd, uint64_t pages) {
+  const off_t end = static_cast<off_t>(pages * kPageSize);
+  uint64_t count = 0;
+  off_t pos = 0;
+  while (pos < end) {
+    const off_t data = lseek(fd, pos, SEEK_DATA);
+    if (data < 0 || data >= end) break;
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0 || hole > end) hole = end;
+    count += PagesFor(static_cast<uint64_t>(hole)) - static_cast<uint64_t>(data) / kPageSize;
+    pos = hole;
+  }
+  return std::min(count, pages);
+}
 
 }  // namespace
 
@@ -109,6 +127,29 @@ Region::Region(Options options, std::unique_ptr<Store> store, PageMap map)
       state_(std::move(options.state)),
       map_(std::move(map)) {}
 
+std::string Region::name() const {
+  absl::MutexLock lock(&name_mu_);
+  return name_;
+}
+
+void Region::set_name(std::string name) {
+  absl::MutexLock lock(&name_mu_);
+  name_ = std::move(name);
+}
+
+void Region::Retire() {
+  if (retired_.exchange(true, std::memory_order_acq_rel)) return;
+  unlinked_.store(true, std::memory_order_release);
+  // No file is open and no mapping is left (the kernel forgot the inode):
+  // nothing reads these bytes again. Punching frees a memfd's memory and a
+  // (by now unlinked) sparse file's disk at once.
+  const uint64_t bytes = std::max(store_->Size(), PagesFor(size()) * kPageSize);
+  if (bytes == 0) return;
+  if (absl::Status s = store_->Punch(0, bytes); !s.ok()) {
+    LogWarning("freeing the store of unlinked region %s: %s", name(), s.message());
+  }
+}
+
 uint64_t Region::size() const {
   // A Region is never a const object: the const is for callers that only
   // look; adopting the store's growth is how the size is looked at.
@@ -135,17 +176,17 @@ void Region::AdoptStoreGrowth() {
   // a write the kernel made past the end.
   if (grown <= size_.load(std::memory_order_acquire)) return;
   if (grown > max_size_) {
-    LogWarning("region %s grew to %d bytes through passthrough, past its maximum of %d", name_,
+    LogWarning("region %s grew to %d bytes through passthrough, past its maximum of %d", name(),
                grown, max_size_);
     return;
   }
   if (absl::Status s = map_.Resize(PagesFor(grown)); !s.ok()) {
-    LogWarning("region %s grew to %d bytes through passthrough: %s", name_, grown, s.message());
+    LogWarning("region %s grew to %d bytes through passthrough: %s", name(), grown, s.message());
     return;
   }
   // Records the size (no bytes change: the file is that long already).
   if (absl::Status s = store_->Resize(grown); !s.ok()) {
-    LogWarning("region %s: %s", name_, s.message());
+    LogWarning("region %s: %s", name(), s.message());
   }
   size_.store(grown, std::memory_order_release);
 }
@@ -373,7 +414,7 @@ absl::Status Region::GrowFor(uint64_t end) {
   if (end <= size()) return absl::OkStatus();
   if (has_source()) {
     return absl::OutOfRangeError(
-        absl::StrCat("region ", name_, " has a fixed size of ", size(), " bytes"));
+        absl::StrCat("region ", name(), " has a fixed size of ", size(), " bytes"));
   }
   return Resize(end);
 }
@@ -382,7 +423,7 @@ absl::Status Region::Resize(uint64_t new_size) {
   if (has_source()) {
     if (new_size == size()) return absl::OkStatus();
     return absl::PermissionDeniedError(
-        absl::StrCat("region ", name_, " comes from a source; its size is fixed"));
+        absl::StrCat("region ", name(), " comes from a source; its size is fixed"));
   }
   if (new_size > max_size_) {
     return absl::OutOfRangeError(
@@ -429,7 +470,7 @@ void Region::BeforeLocalChange() {
   // file must say "in use" on the disk first. Once per idle period.
   marked_clean_ = false;
   if (absl::Status s = state_->MarkInUse(); !s.ok()) {
-    LogError("region %s: %s; a power loss now could go unnoticed", name_, s.message());
+    LogError("region %s: %s; a power loss now could go unnoticed", name(), s.message());
   }
 }
 
@@ -607,6 +648,9 @@ void Region::PunchLocal(uint64_t offset, uint64_t length, Done done) {
 }
 
 bool Region::PullNext(uint64_t* cursor, uint32_t max_pages, Done done) {
+  // An unlinked region is not pulled: only a file still open on it may
+  // still fetch what it reads.
+  if (unlinked()) return false;
   const uint64_t pages = map_.size();
   if (pages == 0 || map_.Count(PageState::kAbsent) == 0) return false;
   uint64_t start = *cursor < pages ? *cursor : 0;
@@ -640,13 +684,22 @@ bool Region::PullNext(uint64_t* cursor, uint32_t max_pages, Done done) {
 
 RegionStats Region::Stats() const {
   RegionStats s;
-  s.name = name_;
+  s.name = name();
   s.size = size();
   s.pages_total = map_.size();
   s.pages_dirty = map_.Count(PageState::kDirty);
   s.pages_present = map_.Count(PageState::kPresent) + s.pages_dirty;
   s.pages_zero = map_.Count(PageState::kZero);
   s.store_bytes = store_->AllocatedBytes();
+  if (passthrough_.load(std::memory_order_acquire) && store_->fd() >= 0) {
+    // The kernel writes the store without the daemon: its allocated pages
+    // are the ones holding bytes, the rest read zero.
+    const uint64_t data = AllocatedPages(store_->fd(), s.pages_total);
+    s.pages_present = data;
+    s.pages_zero = s.pages_total - data;
+    // Every byte of a region without a source was written by its consumer.
+    s.pages_dirty = has_source() ? std::min(s.pages_dirty, data) : data;
+  }
   s.bytes_fetched = bytes_fetched_.load(std::memory_order_relaxed);
   s.demand_fetches = demand_fetches_.load(std::memory_order_relaxed);
   s.latency_p50_us = demand_latency_.Percentile(0.50);

@@ -77,7 +77,10 @@ class Region {
   Region(const Region&) = delete;
   Region& operator=(const Region&) = delete;
 
-  const std::string& name() const { return name_; }
+  // The region's current name (a rename within the mount changes it).
+  std::string name() const;
+  void set_name(std::string name);
+  StateFile* state_file() { return state_.get(); }
   // The region's size: the one answer every path asks (attributes, reads,
   // writes, status, hash, views). After ShareStore it first takes over any
   // growth of the store's file.
@@ -140,6 +143,23 @@ class Region {
 
   bool complete() const;
   RegionStats Stats() const;
+
+  // The namespace (docs/architecture.md, "Unlink and rename"): an unlinked
+  // region has no name in the mount any more, but files still open on it
+  // read and write it as before (POSIX), demand fetches included; only the
+  // background pull skips it (PullNext returns false) and the pusher.
+  void MarkUnlinked() { unlinked_.store(true, std::memory_order_release); }
+  bool unlinked() const { return unlinked_.load(std::memory_order_acquire); }
+  // Once the kernel has forgotten an unlinked region (no open file, no
+  // mapping, no lookup left): its store's memory or disk is freed (the
+  // whole store punched). The object stays (pointers held by the puller,
+  // pusher or hasher stay valid); nothing reads it any more. Idempotent.
+  void Retire();
+  bool retired() const { return retired_.load(std::memory_order_acquire); }
+  // FUSE passthrough: the kernel reads and writes the store itself, so the
+  // page map no longer sees writes; Stats then derives the page counts
+  // from the store's allocated ranges (SEEK_DATA/SEEK_HOLE).
+  void MarkPassthrough() { passthrough_.store(true, std::memory_order_release); }
 
   // With a state file: makes the store's bytes, then the page states,
   // durable (a checkpoint); if no page became local meanwhile, also marks
@@ -210,12 +230,16 @@ class Region {
   void LockStripes(uint64_t first_page, uint64_t end_page);
   void UnlockStripes(uint64_t first_page, uint64_t end_page);
 
-  const std::string name_;
+  mutable absl::Mutex name_mu_;
+  std::string name_ ABSL_GUARDED_BY(name_mu_);
   const uint32_t index_;
   PageSource* const source_;
   const uint64_t max_size_;
   std::atomic<uint64_t> size_;
   std::atomic<bool> store_shared_{false};
+  std::atomic<bool> unlinked_{false};
+  std::atomic<bool> retired_{false};
+  std::atomic<bool> passthrough_{false};
   std::unique_ptr<Store> store_;
   std::unique_ptr<StateFile> state_;  // null without --store DIR
   PageMap map_;                       // in state_'s file when there is one

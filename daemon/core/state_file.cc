@@ -114,9 +114,11 @@ absl::StatusOr<std::unique_ptr<StateFile>> StateFile::Open(absl::string_view sto
   if (h.version != kVersion) return bad(absl::StrCat("version ", h.version));
   if (h.page_size != protocol::kPageSize) return bad(absl::StrCat("page size ", h.page_size));
   if (h.base >= kNumPageStates) return bad("bad base state");
-  if (h.name_len > sizeof h.name || absl::string_view(h.name, h.name_len) != name) {
-    return bad("it names another region");
-  }
+  if (h.name_len > sizeof h.name) return bad("bad name length");
+  // The file's name is the region's: a rename (StoreDir::Rename) renames
+  // the file first and rewrites the header's name after, so a kill between
+  // the two leaves the old name in the header.
+
   const uint64_t pages = (h.size + protocol::kPageSize - 1) / protocol::kPageSize;
   if (pages > h.capacity_pages ||
       static_cast<uint64_t>(st.st_size) < kMapOffset + h.capacity_pages) {
@@ -226,6 +228,34 @@ absl::Status StateFile::Commit(PageState base) {
     if (!fd.valid() || fsync(fd.get()) != 0) {
       return ErrnoStatus(errno, absl::StrCat("syncing the directory ", dir));
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StateFile::Rename(absl::string_view store_dir, absl::string_view name) {
+  absl::MutexLock lock(&mu_);
+  const std::string to = StatePath(store_dir, name);
+  if (rename(path_.c_str(), to.c_str()) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("renaming ", path_, " to ", to));
+  }
+  path_ = final_path_ = to;
+  identity_.name = std::string(name);
+  if (absl::Status s = WriteHeader(/*sync=*/true); !s.ok()) return s;
+  return SyncDir(StateDir(store_dir));
+}
+
+absl::Status StateFile::Remove(absl::string_view store_dir, absl::string_view name) {
+  const std::string path = StatePath(store_dir, name);
+  if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoStatus(errno, absl::StrCat("removing ", path));
+  }
+  return SyncDir(StateDir(store_dir));
+}
+
+absl::Status StateFile::SyncDir(const std::string& dir) {
+  UniqueFd fd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid() || fsync(fd.get()) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("syncing the directory ", dir));
   }
   return absl::OkStatus();
 }

@@ -88,6 +88,16 @@ class StateFile {
   // durably, before anything changes.
   absl::Status Commit(PageState base);
 
+  // Renames the file to that of region `name` (the header's name follows,
+  // synced, then the state folder). The file's name is authoritative: Open
+  // takes a header naming another region as an interrupted rename.
+  absl::Status Rename(absl::string_view store_dir, absl::string_view name);
+  // Removes the state file of region `name` (an unlink) and syncs the
+  // state folder; an open StateFile of it keeps working on the unlinked
+  // file.
+  static absl::Status Remove(absl::string_view store_dir, absl::string_view name);
+  static absl::Status SyncDir(const std::string& dir);
+
   // Records a new region size (regions without a source).
   absl::Status SetSize(uint64_t size);
   // Makes the page states written so far durable.

@@ -45,6 +45,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Options options) {
   } else if (engine->store_dir_ != nullptr) {
     attached = engine->RestoreSourcelessRegions();
   }
+  if (attached.ok() && engine->has_source() && engine->store_dir_ != nullptr) {
+    attached = engine->RestoreLocalRegions();
+  }
   if (!attached.ok()) return attached;
   if (engine->views_ == nullptr && (opts.read_only || opts.machine.has_value())) {
     const std::string source =
@@ -79,6 +82,7 @@ absl::Status Engine::AttachPageServer() {
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < welcome.regions.size(); ++i) {
     protocol::RegionInfo& info = welcome.regions[i];
+    source_names_.push_back(info.name);
     absl::StatusOr<std::unique_ptr<Region>> region =
         BuildRegion({.name = info.name,
                      .index = static_cast<uint32_t>(i),
@@ -122,6 +126,7 @@ absl::Status Engine::AttachLocalSource() {
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < infos.size(); ++i) {
     const protocol::RegionInfo& info = infos[i];
+    source_names_.push_back(info.name);
     absl::StatusOr<std::unique_ptr<Region>> region = BuildRegion({.name = info.name,
                                                                   .index = static_cast<uint32_t>(i),
                                                                   .size = info.size,
@@ -173,6 +178,20 @@ absl::Status Engine::RestoreSourcelessRegions() {
   if (!kept.ok()) return kept.status();
   absl::MutexLock lock(&mu_);
   for (Region::Options& ro : *kept) {
+    absl::StatusOr<std::unique_ptr<Region>> region = BuildRegion(std::move(ro));
+    if (!region.ok()) return region.status();
+    regions_.push_back(*std::move(region));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::RestoreLocalRegions() {
+  absl::StatusOr<std::vector<Region::Options>> kept =
+      store_dir_->LocalRegions(options_.max_region_size);
+  if (!kept.ok()) return kept.status();
+  absl::MutexLock lock(&mu_);
+  for (Region::Options& ro : *kept) {
+    ro.index = static_cast<uint32_t>(regions_.size());
     absl::StatusOr<std::unique_ptr<Region>> region = BuildRegion(std::move(ro));
     if (!region.ok()) return region.status();
     regions_.push_back(*std::move(region));
@@ -264,30 +283,126 @@ Region* Engine::region(size_t index) const {
   return index < regions_.size() ? regions_[index].get() : nullptr;
 }
 
-std::optional<size_t> Engine::FindRegion(absl::string_view name) const {
-  absl::MutexLock lock(&mu_);
+std::optional<size_t> Engine::FindLocked(absl::string_view name) const {
   for (size_t i = 0; i < regions_.size(); ++i) {
-    if (regions_[i]->name() == name) return i;
+    if (!regions_[i]->unlinked() && regions_[i]->name() == name) return i;
   }
   return std::nullopt;
 }
 
-absl::StatusOr<size_t> Engine::CreateRegion(absl::string_view name) {
-  if (has_source()) {
-    return absl::PermissionDeniedError("regions come from the source; cannot create files here");
-  }
-  if (absl::Status s = ValidateRegionName(name); !s.ok()) return s;
+std::optional<size_t> Engine::FindRegion(absl::string_view name) const {
   absl::MutexLock lock(&mu_);
-  for (size_t i = 0; i < regions_.size(); ++i) {
-    if (regions_[i]->name() == name) return i;
+  return FindLocked(name);
+}
+
+absl::Status Engine::CheckFreeStoreName(absl::string_view name) const {
+  if (store_dir_ == nullptr) return absl::OkStatus();
+  if (std::find(source_names_.begin(), source_names_.end(), name) != source_names_.end()) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("'", name,
+                     "' names a region of the source: with --store DIR its files "
+                     "belong to that region"));
   }
-  absl::StatusOr<std::unique_ptr<Region>> region =
-      BuildRegion({.name = std::string(name),
-                   .index = static_cast<uint32_t>(regions_.size()),
-                   .max_size = options_.max_region_size});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> Engine::CreateRegion(absl::string_view name) {
+  if (read_only()) return absl::PermissionDeniedError("the mount is read-only");
+  if (absl::Status s = ValidateRegionName(name); !s.ok()) return s;
+  absl::MutexLock ns(&namespace_mu_);
+  uint32_t index;
+  {
+    absl::MutexLock lock(&mu_);
+    if (std::optional<size_t> i = FindLocked(name)) return *i;
+    index = static_cast<uint32_t>(regions_.size());
+  }
+  if (absl::Status s = CheckFreeStoreName(name); !s.ok()) return s;
+  // Without mu_: with --store DIR this creates files and syncs directories,
+  // and every FUSE request takes mu_. namespace_mu_ keeps the slot ours.
+  absl::StatusOr<std::unique_ptr<Region>> region = BuildRegion(
+      {.name = std::string(name), .index = index, .max_size = options_.max_region_size});
   if (!region.ok()) return region.status();
+  absl::MutexLock lock(&mu_);
   regions_.push_back(*std::move(region));
   return regions_.size() - 1;
+}
+
+absl::StatusOr<size_t> Engine::UnlinkRegion(absl::string_view name) {
+  if (read_only()) return absl::PermissionDeniedError("the mount is read-only");
+  absl::MutexLock ns(&namespace_mu_);
+  return UnlinkHeld(name);
+}
+
+absl::StatusOr<size_t> Engine::UnlinkHeld(absl::string_view name) {
+  Region* region;
+  size_t index;
+  {
+    absl::MutexLock lock(&mu_);
+    std::optional<size_t> i = FindLocked(name);
+    if (!i.has_value()) return absl::NotFoundError(absl::StrCat("no region named '", name, "'"));
+    index = *i;
+    region = regions_[index].get();
+    region->MarkUnlinked();
+  }
+  if (store_dir_ != nullptr) {
+    // The name goes from the store now; the open files keep the bytes
+    // until ReleaseRegion.
+    if (absl::Status s = store_dir_->Remove(name); !s.ok()) {
+      LogError("unlink of %s: %s", name, s.message());
+      return s;
+    }
+  }
+  LogInfo("region %s unlinked", name);
+  return index;
+}
+
+absl::StatusOr<std::optional<size_t>> Engine::RenameRegion(absl::string_view from,
+                                                           absl::string_view to, bool noreplace) {
+  if (read_only()) return absl::PermissionDeniedError("the mount is read-only");
+  if (absl::Status s = ValidateRegionName(to); !s.ok()) return s;
+  absl::MutexLock ns(&namespace_mu_);
+  Region* region;
+  std::optional<size_t> replaced;
+  {
+    absl::MutexLock lock(&mu_);
+    std::optional<size_t> i = FindLocked(from);
+    if (!i.has_value()) return absl::NotFoundError(absl::StrCat("no region named '", from, "'"));
+    region = regions_[*i].get();
+    replaced = FindLocked(to);
+    if (replaced == i) return std::optional<size_t>();  // same file: nothing to do
+    if (replaced.has_value() && noreplace) {
+      return absl::AlreadyExistsError(absl::StrCat("'", to, "' exists"));
+    }
+  }
+  if (store_dir_ != nullptr) {
+    if (region->has_source()) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "region '", from, "' comes from the source: with --store DIR it keeps its name"));
+    }
+    if (absl::Status s = CheckFreeStoreName(to); !s.ok()) return s;
+  }
+  if (replaced.has_value()) {
+    if (absl::StatusOr<size_t> gone = UnlinkHeld(to); !gone.ok()) return gone.status();
+  }
+  if (store_dir_ != nullptr) {
+    if (absl::Status s = store_dir_->Rename(region->state_file(), from, to); !s.ok()) {
+      LogError("rename of %s to %s: %s", from, to, s.message());
+      return s;
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    region->set_name(std::string(to));
+  }
+  LogInfo("region %s renamed to %s", from, to);
+  return replaced;
+}
+
+void Engine::ReleaseRegion(size_t index) {
+  Region* r = region(index);
+  if (r == nullptr || !r->unlinked() || r->retired()) return;
+  r->Retire();
+  LogInfo("unlinked region %s is released: its store is freed", r->name());
 }
 
 }  // namespace lazyram

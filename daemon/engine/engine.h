@@ -5,8 +5,9 @@
 // the forensic views and the control requests (MountControl), and it owns
 // them all. fusefs/ sees it as a RegionSet; docs/architecture.md has the map.
 //
-// Thread-safety: all methods may be called from any thread. Regions are
-// never removed while the engine lives, so Region pointers stay valid.
+// Thread-safety: all methods may be called from any thread. Region objects
+// are never destroyed while the engine lives (an unlinked region is only
+// retired), so Region pointers stay valid.
 #ifndef LAZYRAM_DAEMON_ENGINE_ENGINE_H_
 #define LAZYRAM_DAEMON_ENGINE_ENGINE_H_
 
@@ -88,8 +89,11 @@ class Engine : public RegionSet {
   size_t region_count() const override;
   Region* region(size_t index) const override;
   std::optional<size_t> FindRegion(absl::string_view name) const override;
-  // No-source mounts only.
   absl::StatusOr<size_t> CreateRegion(absl::string_view name) override;
+  absl::StatusOr<size_t> UnlinkRegion(absl::string_view name) override;
+  absl::StatusOr<std::optional<size_t>> RenameRegion(absl::string_view from, absl::string_view to,
+                                                     bool noreplace) override;
+  void ReleaseRegion(size_t index) override;
   bool read_only() const override { return options_.read_only; }
   bool memory_store() const override { return options_.store_dir.empty(); }
 
@@ -102,6 +106,14 @@ class Engine : public RegionSet {
   absl::Status AttachLocalSource();
   // A mount without a source on a store directory: the files it holds.
   absl::Status RestoreSourcelessRegions();
+  // A mount with a source on a store directory: the regions created in it.
+  absl::Status RestoreLocalRegions();
+  absl::StatusOr<size_t> UnlinkHeld(absl::string_view name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(namespace_mu_);
+  std::optional<size_t> FindLocked(absl::string_view name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // With --store DIR on a mount with a source: a name the source's table
+  // has is kept for that region's files.
+  absl::Status CheckFreeStoreName(absl::string_view name) const;
   void CheckpointLoop();
   void StopCheckpoints();
   void OnPullComplete();
@@ -110,6 +122,12 @@ class Engine : public RegionSet {
   std::unique_ptr<StoreDir> store_dir_;  // null with memory stores
   // Member order is teardown order in reverse: the puller goes before the
   // fetcher it uses, both before the regions they write into.
+  // Serializes namespace changes (create, unlink, rename) with their store
+  // work (file creation, renames, directory fsyncs), which runs without
+  // mu_: mu_ is taken by every FUSE request. Lock order: namespace_mu_ ->
+  // mu_.
+  absl::Mutex namespace_mu_;
+  std::vector<std::string> source_names_;  // the source's table, set at start
   mutable absl::Mutex mu_;
   std::vector<std::unique_ptr<Region>> regions_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Fetcher> fetcher_;

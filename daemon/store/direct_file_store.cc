@@ -1,6 +1,7 @@
 #include "daemon/store/direct_file_store.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -50,6 +51,12 @@ absl::StatusOr<std::unique_ptr<DirectFileStore>> DirectFileStore::OpenFile(absl:
                                                                            uint64_t size,
                                                                            bool truncate) {
   std::string path = absl::StrCat(dir, "/", name);
+  // A fresh file is a new inode: a name left behind by an interrupted
+  // rename may still be a second link to another region's data, which
+  // O_TRUNC would empty (docs/store.md, "Unlink and rename").
+  if (truncate && unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoStatus(errno, absl::StrCat("removing stale store file ", path));
+  }
   const int flags = O_RDWR | O_CREAT | O_CLOEXEC | (truncate ? O_TRUNC : 0);
   bool direct = true;
   UniqueFd fd(open(path.c_str(), flags | O_DIRECT, 0600));
@@ -143,6 +150,12 @@ absl::Status DirectFileStore::Write(uint64_t offset, std::span<const uint8_t> da
     done += n;
   }
   return absl::OkStatus();
+}
+
+uint64_t DirectFileStore::AllocatedBytes() const {
+  struct stat st;
+  if (fstat(fd_.get(), &st) != 0) return 0;
+  return static_cast<uint64_t>(st.st_blocks) * 512;
 }
 
 absl::Status DirectFileStore::Punch(uint64_t offset, uint64_t length) {

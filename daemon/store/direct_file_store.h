@@ -39,6 +39,8 @@ class DirectFileStore : public Store {
   absl::Status Resize(uint64_t size) override;
   uint64_t Size() const override { return size_.load(std::memory_order_acquire); }
   absl::Status Sync() override;
+  // From the file's allocated blocks (fd() is -1 with O_DIRECT).
+  uint64_t AllocatedBytes() const override;
   // -1: replies must go through Read (libfuse's fd path is not aligned).
   int fd() const override { return direct_ ? -1 : fd_.get(); }
   bool direct() const { return direct_; }

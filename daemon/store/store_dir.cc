@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include "absl/strings/match.h"
@@ -31,6 +33,20 @@ absl::Status CheckSameSource(const StateFile::Identity& have, const StateFile::I
                            " holds the files of a mount without a source (region '", have.name,
                            "'); mount it without --source, or ", kFix));
   }
+  if (!have.has_source && have.source_id != want.source_id) {
+    // A file created in a mount: of one with a source (source_id set) or
+    // of one without (0).
+    return absl::FailedPreconditionError(
+        have.source_id != 0
+            ? absl::StrCat("store directory ", dir, " holds region '", have.name,
+                           "', created in a mount of another page source; mount it with that "
+                           "source, or ",
+                           kFix)
+            : absl::StrCat("store directory ", dir,
+                           " holds the files of a mount without a source (region '", have.name,
+                           "'); mount it without --source, or ", kFix));
+  }
+  if (!have.has_source) return absl::OkStatus();  // its size is its own
   if (have.size != want.size) {
     return absl::FailedPreconditionError(absl::StrCat(
         "store directory ", dir, " belongs to another source: region '", have.name, "' is ",
@@ -74,11 +90,13 @@ absl::Status StoreDir::CheckSource(const std::vector<protocol::RegionInfo>& tabl
                     [&](const protocol::RegionInfo& r) { return r.name == name; })) {
       continue;
     }
-    // Say so when the store is a mount's without a source.
+    // A region created in a mount of this source is restored by
+    // LocalRegions; say so when the store is a mount's without a source.
     absl::StatusOr<std::unique_ptr<StateFile>> state = StateFile::Open(dir_, name);
     if (state.ok() && !(*state)->identity().has_source) {
+      if ((*state)->identity().source_id == source_id_) continue;
       StateFile::Identity want = (*state)->identity();
-      want.has_source = true;
+      want.source_id = source_id_;
       return CheckSameSource((*state)->identity(), want, dir_);
     }
     return absl::FailedPreconditionError(
@@ -89,15 +107,22 @@ absl::Status StoreDir::CheckSource(const std::vector<protocol::RegionInfo>& tabl
 }
 
 absl::StatusOr<std::vector<Region::Options>> StoreDir::SourcelessRegions(uint64_t max_size) {
+  source_id_ = 0;  // a mount without a source
+  return LocalRegions(max_size);
+}
+
+absl::StatusOr<std::vector<Region::Options>> StoreDir::LocalRegions(uint64_t max_size) {
   absl::StatusOr<std::vector<std::string>> names = StateNames();
   if (!names.ok()) return names.status();
   std::vector<std::unique_ptr<StateFile>> files;
   for (const std::string& name : *names) {
     absl::StatusOr<std::unique_ptr<StateFile>> state = StateFile::Open(dir_, name);
     if (!state.ok()) return state.status();
+    // With a source, its own regions are CheckSource's and Attach's.
+    if (source_id_ != 0 && (*state)->identity().has_source) continue;
     StateFile::Identity none = (*state)->identity();
     none.has_source = false;
-    none.source_id = 0;
+    none.source_id = source_id_;
     if (absl::Status s = CheckSameSource((*state)->identity(), none, dir_); !s.ok()) return s;
     if (absl::Status s = (*state)->CheckUsable(dir_); !s.ok()) return s;
     files.push_back(*std::move(state));
@@ -122,12 +147,11 @@ absl::StatusOr<std::unique_ptr<Store>> StoreDir::Attach(Region::Options* ro) {
   }
   if (ro->state == nullptr) {
     const bool sourced = ro->source != nullptr;
-    StateFile::Identity want{ro->name,
-                             ro->size,
-                             PagesFor(sourced ? ro->size : std::max(ro->max_size, ro->size)),
-                             sourced,
-                             sourced ? source_id_ : 0,
-                             ro->index};
+    StateFile::Identity want{
+        ro->name,   ro->size, PagesFor(sourced ? ro->size : std::max(ro->max_size, ro->size)),
+        sourced,
+        source_id_,  // 0 without a source
+        ro->index};
     absl::StatusOr<std::unique_ptr<StateFile>> state = StateFile::Open(dir_, ro->name);
     if (state.ok()) {
       if (absl::Status s = CheckSameSource((*state)->identity(), want, dir_); !s.ok()) return s;
@@ -156,6 +180,41 @@ absl::StatusOr<std::unique_ptr<Store>> StoreDir::Attach(Region::Options* ro) {
       DirectFileStore::Open(dir_, ro->name, bytes);
   if (!store.ok()) return store.status();
   return std::unique_ptr<Store>(*std::move(store));
+}
+
+absl::Status StoreDir::Remove(absl::string_view name) {
+  // The state file first: a kill between the two steps leaves a data file
+  // without page states, which nothing restores (and a new region of that
+  // name replaces). The other order would leave page states without their
+  // data, which makes the whole store refused.
+  if (absl::Status s = StateFile::Remove(dir_, name); !s.ok()) return s;
+  const std::string data = absl::StrCat(dir_, "/", name);
+  if (unlink(data.c_str()) != 0 && errno != ENOENT) {
+    return absl::InternalError(absl::StrCat("removing ", data, ": ", std::strerror(errno)));
+  }
+  return StateFile::SyncDir(dir_);
+}
+
+absl::Status StoreDir::Rename(StateFile* state, absl::string_view from, absl::string_view to) {
+  // Each step leaves a store that restores either the old name or the new
+  // one (docs/store.md, "Unlink and rename"): the data gets its second name
+  // first (a data file without page states is ignored), then the state
+  // file is renamed (the switch), then the old data name goes.
+  const std::string old_data = absl::StrCat(dir_, "/", from);
+  const std::string new_data = absl::StrCat(dir_, "/", to);
+  if (unlink(new_data.c_str()) != 0 && errno != ENOENT) {
+    return absl::InternalError(absl::StrCat("removing ", new_data, ": ", std::strerror(errno)));
+  }
+  if (link(old_data.c_str(), new_data.c_str()) != 0) {
+    return absl::InternalError(
+        absl::StrCat("linking ", old_data, " to ", new_data, ": ", std::strerror(errno)));
+  }
+  if (absl::Status s = StateFile::SyncDir(dir_); !s.ok()) return s;
+  if (absl::Status s = state->Rename(dir_, to); !s.ok()) return s;
+  if (unlink(old_data.c_str()) != 0 && errno != ENOENT) {
+    return absl::InternalError(absl::StrCat("removing ", old_data, ": ", std::strerror(errno)));
+  }
+  return StateFile::SyncDir(dir_);
 }
 
 }  // namespace lazyram

@@ -37,6 +37,18 @@ class StoreDir {
   // they were created, each with its state file (Region::Options::state)
   // and `max_size`. Refuses a store that was filled from a source.
   absl::StatusOr<std::vector<Region::Options>> SourcelessRegions(uint64_t max_size);
+  // The regions a consumer created in the mount (no source pages): all of
+  // a store's without a source; with one (after CheckSource), those created
+  // in a mount of the same source (state files with has_source 0 and the
+  // source's id). In creation order, each with its state file.
+  absl::StatusOr<std::vector<Region::Options>> LocalRegions(uint64_t max_size);
+
+  // Unlink of region `name`: its state file goes, then its data file.
+  // Files still open (the Region's) keep their content until closed.
+  absl::Status Remove(absl::string_view name);
+  // Rename of a region created in the mount, whose state file is `state`;
+  // the target name's files are gone already (Remove).
+  absl::Status Rename(StateFile* state, absl::string_view from, absl::string_view to);
 
   // The data file of region `ro` and, in `ro->state`, its state file:
   // resumed when there is a usable one that belongs to the same source (or

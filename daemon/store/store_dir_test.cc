@@ -259,5 +259,93 @@ TEST_F(StoreDirTest, SourcelessRegionsListsWhatWasCreatedInOrder) {
   EXPECT_EQ(got, std::vector<uint8_t>(kPageSize, 0x22));
 }
 
+// Unlink and rename (docs/store.md, "Unlink and rename"): every step a
+// kill can interrupt leaves a store that restores the old or the new state.
+TEST_F(StoreDirTest, RemoveAndRenameOfRegionsWithoutASource) {
+  constexpr uint64_t kMax = 64 * kPageSize;
+  const std::string state_dir = absl::StrCat(dir_, "/", StateFile::kDirName);
+  {
+    std::unique_ptr<StoreDir> dir = OpenDir();
+    ASSERT_NE(dir, nullptr);
+    std::unique_ptr<Region> a =
+        MakeRegion(*dir, {.name = "a", .index = 0, .size = 0, .max_size = kMax});
+    std::unique_ptr<Region> b =
+        MakeRegion(*dir, {.name = "b", .index = 1, .size = 0, .max_size = kMax});
+    ASSERT_NE(a, nullptr);
+    ASSERT_NE(b, nullptr);
+    ASSERT_TRUE(a->Resize(2 * kPageSize).ok());
+    ASSERT_TRUE(WritePage(*a, 1, 0x11).ok());
+    ASSERT_TRUE(b->Resize(kPageSize).ok());
+    ASSERT_TRUE(dir->Remove("b").ok());
+    EXPECT_FALSE(std::filesystem::exists(dir_ + "/b"));
+    EXPECT_FALSE(std::filesystem::exists(state_dir + "/b.state"));
+    ASSERT_TRUE(dir->Rename(a->state_file(), "a", "c").ok());
+    a->set_name("c");
+    EXPECT_FALSE(std::filesystem::exists(dir_ + "/a"));
+    EXPECT_TRUE(std::filesystem::exists(dir_ + "/c"));
+    // The open region keeps working on its renamed files.
+    ASSERT_TRUE(WritePage(*a, 0, 0x22).ok());
+    ASSERT_TRUE(a->Close().ok());
+    ASSERT_TRUE(b->Close().ok());
+  }
+  // A kill between a rename's steps: the data's second name exists, the
+  // state file still has the old name (a data file without a state file
+  // is ignored) — and a new region of that name must not truncate it.
+  ASSERT_EQ(link((dir_ + "/c").c_str(), (dir_ + "/d").c_str()), 0);
+  std::unique_ptr<StoreDir> dir = OpenDir();
+  ASSERT_NE(dir, nullptr);
+  absl::StatusOr<std::vector<Region::Options>> regions = dir->SourcelessRegions(kMax);
+  ASSERT_TRUE(regions.ok()) << regions.status();
+  ASSERT_EQ(regions->size(), 1u);
+  EXPECT_EQ((*regions)[0].name, "c");
+  std::unique_ptr<Region> c = MakeRegion(*dir, std::move((*regions)[0]));
+  ASSERT_NE(c, nullptr);
+  std::unique_ptr<Region> d =
+      MakeRegion(*dir, {.name = "d", .index = 1, .size = 0, .max_size = kMax});
+  ASSERT_NE(d, nullptr);
+  std::vector<uint8_t> got(kPageSize);
+  ASSERT_TRUE(c->store().Read(kPageSize, std::span(got)).ok());
+  EXPECT_EQ(got, std::vector<uint8_t>(kPageSize, 0x11));
+  ASSERT_TRUE(c->store().Read(0, std::span(got)).ok());
+  EXPECT_EQ(got, std::vector<uint8_t>(kPageSize, 0x22));
+  ASSERT_TRUE(c->Close().ok());
+  ASSERT_TRUE(d->Close().ok());
+}
+
+TEST_F(StoreDirTest, LocalRegionsOfAMountWithASource) {
+  constexpr uint64_t kMax = 64 * kPageSize;
+  {
+    std::unique_ptr<StoreDir> dir = OpenDir();
+    ASSERT_NE(dir, nullptr);
+    ASSERT_TRUE(dir->CheckSource(Table()).ok());
+    std::unique_ptr<Region> local =
+        MakeRegion(*dir, {.name = "hot", .index = 1, .size = 0, .max_size = kMax});
+    ASSERT_NE(local, nullptr);
+    EXPECT_FALSE(local->state_file()->identity().has_source);
+    EXPECT_NE(local->state_file()->identity().source_id, 0u);
+    ASSERT_TRUE(local->Close().ok());
+  }
+  {
+    // The same source takes it back as a local region.
+    std::unique_ptr<StoreDir> dir = OpenDir();
+    ASSERT_NE(dir, nullptr);
+    ASSERT_TRUE(dir->CheckSource(Table()).ok());
+    absl::StatusOr<std::vector<Region::Options>> regions = dir->LocalRegions(kMax);
+    ASSERT_TRUE(regions.ok()) << regions.status();
+    ASSERT_EQ(regions->size(), 1u);
+    EXPECT_EQ((*regions)[0].name, "hot");
+  }
+  {
+    // Another source, or none, refuses it.
+    std::unique_ptr<StoreDir> dir = OpenDir();
+    ASSERT_NE(dir, nullptr);
+    absl::Status other = dir->CheckSource(Table(2 * kSize));
+    EXPECT_TRUE(absl::IsFailedPrecondition(other)) << other;
+  }
+  std::unique_ptr<StoreDir> dir = OpenDir();
+  ASSERT_NE(dir, nullptr);
+  EXPECT_FALSE(dir->SourcelessRegions(kMax).ok());
+}
+
 }  // namespace
 }  // namespace lazyram
