@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -193,6 +194,7 @@ class Exerciser {
       }
       if (r < 93) return OpConcurrent();
       if (r < 96) return OpMapWritePastEnd();
+      if (r < 98 && resizable && o_.status_poke) return OpTruncateWhilePoked();
       return OpRead();
     }
   }
@@ -358,6 +360,44 @@ class Exerciser {
     Note(absl::StrCat("ftruncate ", to));
     if (ftruncate(fd_, static_cast<off_t>(to)) != 0) return Errno("ftruncate");
     SetSize(to);
+    return 0;
+  }
+
+  // Truncations up and down while another thread keeps asking the daemon
+  // for its status (which looks at the size: under passthrough it adopts
+  // the memfd's growth, and must never bring back a size cut meanwhile).
+  int OpTruncateWhilePoked() {
+    const int count = 5 + static_cast<int>(Rand(10));
+    std::vector<uint64_t> sizes;
+    for (int i = 0; i < count; ++i) sizes.push_back(Rand(o_.max_size + 1));
+    Note(absl::StrCat(count, " truncations while the daemon is asked its status, last to ",
+                      sizes.back()));
+    std::atomic<bool> stop{false};
+    std::string poke_error;
+    std::thread poker([&] {
+      while (!stop.load() && poke_error.empty()) poke_error = o_.status_poke();
+    });
+    int rc = 0;
+    for (uint64_t to : sizes) {
+      if (ftruncate(fd_, static_cast<off_t>(to)) != 0) {
+        rc = Errno("ftruncate");
+        break;
+      }
+      SetSize(to);
+      if (rc = CheckSize("after a truncation"); rc != 0) break;
+    }
+    stop.store(true);
+    poker.join();
+    if (rc != 0) return rc;
+    if (!poke_error.empty()) return Mismatch(absl::StrCat("status: ", poke_error));
+    // The last truncation holds, for the daemon and for a read at the end.
+    if (o_.daemon_check) {
+      const std::string err = o_.daemon_check(model_, false);
+      if (!err.empty()) return Mismatch(absl::StrCat("the daemon disagrees: ", err));
+    }
+    uint8_t byte;
+    const ssize_t past = pread(fd_, &byte, 1, static_cast<off_t>(size()));
+    if (past != 0) return Mismatch(absl::StrCat("pread at the end returned ", past, ", want 0"));
     return 0;
   }
 

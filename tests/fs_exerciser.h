@@ -54,6 +54,9 @@ struct ExerciserOptions {
   // model; returns what disagrees, or "" when all agree. `final`: the
   // check at the end of the run.
   std::function<std::string(const std::vector<uint8_t>& model, bool final)> daemon_check;
+  // Asks the daemon something that looks at the file's size (its status),
+  // from another thread while truncations run; returns an error or "".
+  std::function<std::string()> status_poke;
   // When set, the model at the end is written here (for a later run that
   // continues from it, e.g. after a remount).
   std::string save_model_to;

@@ -150,6 +150,11 @@ void Exercise(const Mode& mode) {
     o.verify_every = lazy ? 0 : 500;
     o.verify_at_start = !lazy;
     o.daemon_check = DaemonCheck(**mount, name, /*hash_always=*/!lazy);
+    const MountProcess* m = mount->get();
+    o.status_poke = [m]() -> std::string {
+      absl::StatusOr<json> s = m->Status();
+      return s.ok() ? "" : std::string(s.status().message());
+    };
     EXPECT_EQ(RunInChild([&] { return RunExerciser(o); }, absl::Minutes(10)), 0)
         << "replay with LAZYRAM_EXERCISER_SEED=" << seed << " LAZYRAM_EXERCISER_OPS=" << ops
         << "\ndaemon log:\n"
