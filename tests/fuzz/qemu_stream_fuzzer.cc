@@ -18,7 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "daemon/base/unique_fd.h"
 #include "daemon/local/qemu_stream_index.h"
-#include "daemon/server/page_server.h"
+#include "daemon/protocol/region_name.h"
 
 namespace lazyram {
 namespace {
