@@ -6,6 +6,10 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
+#include "daemon/base/log.h"
+
 namespace lazyram {
 namespace {
 
@@ -53,6 +57,41 @@ nlohmann::json RangesJson(const GuestLayout& layout) {
   return ranges;
 }
 
+std::string Hex(uint64_t v) { return absl::StrFormat("%#x", v); }
+
+nlohmann::json KernelJson(const ForensicViews::KernelSearch& search) {
+  nlohmann::json out;
+  out["search_seconds"] = absl::ToDoubleSeconds(search.took);
+  if (!search.kernel.ok()) {
+    out["found"] = false;
+    out["message"] = std::string(search.kernel.status().message());
+    return out;
+  }
+  const GuestKernel& k = *search.kernel;
+  out["found"] = true;
+  out["release"] = k.info.OsRelease();
+  out["vmcoreinfo"] = {{"guest_physical", k.note_paddr},
+                       {"guest_physical_hex", Hex(k.note_paddr)},
+                       {"found_by", k.method},
+                       {"size", k.info.text().size()},
+                       {"pages_examined", k.stats.pages_examined},
+                       {"bytes_read", k.stats.bytes_read},
+                       {"candidates", k.stats.candidates},
+                       {"rejected", k.stats.rejected}};
+  out["kaslr_offset"] = k.kaslr_offset;
+  out["kaslr_offset_hex"] = Hex(k.kaslr_offset);
+  out["phys_base_hex"] = Hex(k.phys_base);
+  out["page_offset_base_hex"] =
+      k.page_offset_base.has_value() ? nlohmann::json(Hex(*k.page_offset_base)) : nullptr;
+  nlohmann::json maps = nlohmann::json::array();
+  for (const VirtualMapping& m : k.mappings) {
+    maps.push_back({{"virtual", Hex(m.vaddr)}, {"guest_physical", Hex(m.paddr)}, {"size", m.size}});
+  }
+  out["virtual_loads"] = std::move(maps);
+  out["message"] = k.message.empty() ? nlohmann::json(nullptr) : nlohmann::json(k.message);
+  return out;
+}
+
 }  // namespace
 
 ForensicViews::ForensicViews(const RegionSet* regions, RegionHasher* hasher, Options options)
@@ -90,14 +129,91 @@ std::shared_ptr<const MemoryView> ForensicViews::View(Kind kind) const {
   Region* ram = nullptr;
   const std::optional<GuestLayout> layout = Layout(&ram);
   if (!layout.has_value()) return nullptr;
-  absl::MutexLock lock(&mu_);
-  if (cache_.ram != ram || cache_.size != layout->ram_size() || cache_.views[0] == nullptr) {
-    cache_.ram = ram;
-    cache_.size = layout->ram_size();
-    cache_.views = {BuildPhysmemRaw(*layout, ram), BuildLime(*layout, ram),
-                    BuildElf(*layout, ram, LayoutNote(*layout, *ram))};
+  std::shared_ptr<const MemoryView> raw;
+  {
+    absl::MutexLock lock(&mu_);
+    if (cache_.ram != ram || cache_.size != layout->ram_size() || cache_.views[0] == nullptr) {
+      cache_.ram = ram;
+      cache_.size = layout->ram_size();
+      cache_.views = {BuildPhysmemRaw(*layout, ram), BuildLime(*layout, ram), nullptr};
+    }
+    if (kind != Kind::kVmcoreElf || cache_.views[2] != nullptr) {
+      return cache_.views[static_cast<size_t>(kind)];
+    }
+    raw = cache_.views[0];
   }
-  return cache_.views[static_cast<size_t>(kind)];
+  // vmcore.elf: its headers depend on the guest kernel, searched (once)
+  // without holding mu_.
+  std::shared_ptr<const KernelSearch> search = SearchKernel(*layout, ram, raw);
+  const GuestKernel* kernel = search->kernel.ok() ? &*search->kernel : nullptr;
+  absl::MutexLock lock(&mu_);
+  if (cache_.ram != ram || cache_.size != layout->ram_size()) {
+    return BuildElf(*layout, ram, LayoutNote(*layout, *ram), kernel);  // changed meanwhile
+  }
+  if (cache_.views[2] == nullptr) {
+    cache_.views[2] = BuildElf(*layout, ram, LayoutNote(*layout, *ram), kernel);
+  }
+  return cache_.views[2];
+}
+
+std::shared_ptr<const ForensicViews::KernelSearch> ForensicViews::Kernel() const {
+  Region* ram = nullptr;
+  const std::optional<GuestLayout> layout = Layout(&ram);
+  if (!layout.has_value()) return nullptr;
+  std::shared_ptr<const MemoryView> raw = View(Kind::kPhysmemRaw);
+  if (raw == nullptr) return nullptr;
+  return SearchKernel(*layout, ram, std::move(raw));
+}
+
+std::shared_ptr<const ForensicViews::KernelSearch> ForensicViews::SearchKernel(
+    const GuestLayout& layout, Region* ram, std::shared_ptr<const MemoryView> raw) const {
+  absl::MutexLock lock(&search_mu_);
+  if (search_ != nullptr && search_key_.ram == ram && search_key_.size == layout.ram_size()) {
+    return search_;
+  }
+  // physmem.raw's offsets are guest-physical addresses; its reads fetch
+  // what a lazy source has not sent yet. This thread waits for them.
+  auto read = [&raw](uint64_t paddr, std::span<uint8_t> out) -> absl::Status {
+    absl::Notification done;
+    absl::StatusOr<std::vector<uint8_t>> got;
+    raw->Read(paddr, out.size(), [&](absl::StatusOr<std::vector<uint8_t>> r) {
+      got = std::move(r);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    if (!got.ok()) return got.status();
+    std::fill(out.begin(), out.end(), 0);
+    std::memcpy(out.data(), got->data(), std::min(out.size(), got->size()));
+    return absl::OkStatus();
+  };
+  auto result = std::make_shared<KernelSearch>();
+  const absl::Time start = absl::Now();
+  KernelSearchOptions opts;
+  if (options_.vmcoreinfo_paddr.has_value()) {
+    opts.note_paddr = options_.vmcoreinfo_paddr;
+    opts.method = "vmcoreinfo-device";
+  }
+  result->kernel = FindGuestKernel(layout, read, opts);
+  if (!result->kernel.ok() && opts.note_paddr.has_value()) {
+    LogWarning("guest kernel: %s; scanning memory instead", result->kernel.status().message());
+    result->kernel = FindGuestKernel(layout, read);
+  }
+  result->took = absl::Now() - start;
+  if (result->kernel.ok()) {
+    const GuestKernel& k = *result->kernel;
+    LogInfo(
+        "guest kernel %s: VMCOREINFO at guest-physical %#x (%s, %.3f s, %d MiB read); "
+        "KASLR offset %#x, phys_base %#x%s%s",
+        k.info.OsRelease(), k.note_paddr, k.method, absl::ToDoubleSeconds(result->took),
+        k.stats.bytes_read >> 20, k.kaslr_offset, k.phys_base, k.message.empty() ? "" : "; ",
+        k.message);
+  } else {
+    LogInfo("guest kernel: %s (%.3f s)", result->kernel.status().message(),
+            absl::ToDoubleSeconds(result->took));
+  }
+  search_key_ = {ram, layout.ram_size()};
+  search_ = result;
+  return result;
 }
 
 std::shared_ptr<MemoryView> ForensicViews::BuildPhysmemRaw(const GuestLayout& layout, Region* ram) {
@@ -127,20 +243,15 @@ std::shared_ptr<MemoryView> ForensicViews::BuildLime(const GuestLayout& layout, 
 }
 
 std::shared_ptr<MemoryView> ForensicViews::BuildElf(const GuestLayout& layout, Region* ram,
-                                                    const std::string& note) {
+                                                    const std::string& note,
+                                                    const GuestKernel* kernel) {
   const std::vector<GuestRange>& ranges = layout.ranges();
-  const uint64_t phnum = 1 + ranges.size();
+  static const std::vector<VirtualMapping> kNone;
+  const std::vector<VirtualMapping>& mappings = kernel != nullptr ? kernel->mappings : kNone;
+  const uint64_t phnum = 1 + ranges.size() + mappings.size();
   const uint64_t note_offset = sizeof(Elf64_Ehdr) + phnum * sizeof(Elf64_Phdr);
-  static constexpr char kOwner[] = "LAZYRAM";  // with its NUL: 8 bytes
-  std::string note_bytes;
-  Elf64_Nhdr nhdr{};
-  nhdr.n_namesz = sizeof kOwner;
-  nhdr.n_descsz = static_cast<Elf64_Word>(note.size());
-  nhdr.n_type = kNoteType;
-  Append(&note_bytes, nhdr);
-  note_bytes.append(kOwner, sizeof kOwner);
-  note_bytes.append(note);
-  note_bytes.append(AlignUp(note_bytes.size(), 4) - note_bytes.size(), '\0');
+  std::string note_bytes = ElfNote("LAZYRAM", kNoteType, note);
+  if (kernel != nullptr) note_bytes += kernel->note;
   const uint64_t data_offset = AlignUp(note_offset + note_bytes.size(), kPage);
 
   Elf64_Ehdr ehdr{};
@@ -165,6 +276,7 @@ std::shared_ptr<MemoryView> ForensicViews::BuildElf(const GuestLayout& layout, R
   pnote.p_memsz = note_bytes.size();  // as QEMU writes it
   Append(&head, pnote);
   std::vector<Segment> data;
+  std::vector<uint64_t> range_offsets;
   uint64_t offset = data_offset;
   for (const GuestRange& r : ranges) {
     Elf64_Phdr load{};
@@ -177,10 +289,27 @@ std::shared_ptr<MemoryView> ForensicViews::BuildElf(const GuestLayout& layout, R
     load.p_filesz = r.size;
     load.p_memsz = r.size;
     Append(&head, load);
+    range_offsets.push_back(offset);
     data.push_back(Ram(ram, r));
     const uint64_t next = AlignUp(offset + r.size, kPage);
     if (next > offset + r.size) data.push_back(Zeros(next - offset - r.size));
     offset = next;
+  }
+  // The kernel's virtual mappings: more PT_LOADs over the same bytes.
+  for (const VirtualMapping& m : mappings) {
+    Elf64_Phdr load{};
+    load.p_type = PT_LOAD;
+    load.p_flags = PF_R | PF_W | PF_X;
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      if (m.paddr >= ranges[i].guest_physical && m.paddr + m.size <= ranges[i].end()) {
+        load.p_offset = range_offsets[i] + (m.paddr - ranges[i].guest_physical);
+      }
+    }
+    load.p_vaddr = m.vaddr;
+    load.p_paddr = m.paddr;
+    load.p_filesz = m.size;
+    load.p_memsz = m.size;
+    Append(&head, load);
   }
   head += note_bytes;
   head.append(data_offset - head.size(), '\0');
@@ -240,6 +369,11 @@ std::string ForensicViews::ManifestJson() const {
     }
   }
   out["views"] = std::move(views);
+  out["kernel"] = nullptr;
+  if (layout.has_value()) {
+    std::shared_ptr<const KernelSearch> search = Kernel();
+    if (search != nullptr) out["kernel"] = KernelJson(*search);
+  }
   // Region names and the QEMU machine name are bytes from a source; the
   // serializer would throw on ones that are not UTF-8.
   return out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";

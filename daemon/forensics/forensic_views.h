@@ -4,8 +4,15 @@
 //   physmem.lime  LiME: per RAM range a 32-byte header, then its bytes
 //   vmcore.elf    ELF64 ET_CORE: one PT_NOTE, one PT_LOAD per RAM range
 //                 (p_paddr = guest-physical address), like QEMU's
-//                 dump-guest-memory; each range's bytes start page-aligned
-//   manifest.json regions, sizes, layout, source, SHA-256 per hashed region
+//                 dump-guest-memory; each range's bytes start page-aligned.
+//                 When a Linux guest kernel is found (GuestKernel, searched
+//                 once when vmcore.elf or the manifest is first asked for),
+//                 the PT_NOTE also holds its VMCOREINFO note, and more
+//                 PT_LOADs follow the physical ones, pointing at the same
+//                 file bytes: the kernel image and the direct map at their
+//                 virtual addresses, as /proc/vmcore has them.
+//   manifest.json regions, sizes, layout, source, SHA-256 per hashed region,
+//                 the guest kernel found (or why not)
 // The three memory views exist only when the layout is known: the machine
 // (--machine, else the stream's machine type) and the main RAM region
 // (FindMainRam) with its size. docs/forensics.md describes the formats.
@@ -26,6 +33,7 @@
 #include "absl/synchronization/mutex.h"
 #include "daemon/core/region_hasher.h"
 #include "daemon/core/region_set.h"
+#include "daemon/forensics/guest_kernel.h"
 #include "daemon/forensics/guest_layout.h"
 #include "daemon/forensics/memory_view.h"
 
@@ -51,6 +59,9 @@ class ForensicViews {
     std::string qemu_machine;            // from a migration stream, or empty
     std::string source;                  // "qemu-stream:///x", "tcp://...", or empty
     bool read_only = false;
+    // Where QEMU's vmcoreinfo device says the guest's VMCOREINFO note is
+    // (from a migration stream); the search looks there first.
+    std::optional<uint64_t> vmcoreinfo_paddr;
   };
 
   // `regions` and `hasher` (whose results the manifest reports) must
@@ -71,22 +82,43 @@ class ForensicViews {
   // Builders, exposed for tests.
   static std::shared_ptr<MemoryView> BuildPhysmemRaw(const GuestLayout& layout, Region* ram);
   static std::shared_ptr<MemoryView> BuildLime(const GuestLayout& layout, Region* ram);
+  // `kernel` (may be null) adds its VMCOREINFO note and virtual PT_LOADs.
   static std::shared_ptr<MemoryView> BuildElf(const GuestLayout& layout, Region* ram,
-                                              const std::string& note);
+                                              const std::string& note,
+                                              const GuestKernel* kernel = nullptr);
+
+  // The guest kernel search's outcome for the current layout: runs it
+  // (blocking, reading guest memory) the first time; cached after.
+  struct KernelSearch {
+    absl::StatusOr<GuestKernel> kernel = absl::UnknownError("not searched");
+    absl::Duration took;
+  };
+  std::shared_ptr<const KernelSearch> Kernel() const;
 
  private:
   struct Cache {
     Region* ram = nullptr;
     uint64_t size = 0;
-    std::array<std::shared_ptr<const MemoryView>, 3> views;
+    std::array<std::shared_ptr<const MemoryView>, 3> views;  // vmcore.elf built last
   };
   std::string LayoutNote(const GuestLayout& layout, const Region& ram) const;
 
   const RegionSet* const regions_;
   RegionHasher* const hasher_;
   const Options options_;
+  std::shared_ptr<const KernelSearch> SearchKernel(const GuestLayout& layout, Region* ram,
+                                                   std::shared_ptr<const MemoryView> raw) const;
+
   mutable absl::Mutex mu_;
   mutable Cache cache_ ABSL_GUARDED_BY(mu_);
+  // Held while searching (others wait for the one search).
+  mutable absl::Mutex search_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  struct SearchKey {
+    Region* ram = nullptr;
+    uint64_t size = 0;
+  };
+  mutable SearchKey search_key_ ABSL_GUARDED_BY(search_mu_);
+  mutable std::shared_ptr<const KernelSearch> search_ ABSL_GUARDED_BY(search_mu_);
 };
 
 }  // namespace lazyram
