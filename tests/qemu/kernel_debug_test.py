@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Kernel debuggers open views/vmcore.elf of a dead Linux guest.
+
+One boot of Debian's cloud kernel (KASLR on, TCG, 512 MiB, no
+-device vmcoreinfo) with a busybox initramfs that starts processes with
+known names (lrknown-a, lrknown-b: shell scripts, so their comm is the
+script's name), then panics (echo c > /proc/sysrq-trigger; panic=0 keeps
+the VM up). Then:
+1. The RAM file, mounted read-only (file://, --machine pc): manifest.json
+   names the kernel release and KASLR offset that lazyram found; drgn
+   (Debian's python3-drgn) with the kernel's vmlinux (from the matching
+   -dbg package, cached) reads init_uts_ns.name.release and lists the
+   tasks; crash (batch mode: sys, ps) does the same.
+2. The same VM saved as a migration stream (qemu-stream://, no --machine):
+   drgn on its vmcore.elf reads the release and the tasks too.
+Skipped (exit 77) when drgn, crash or the debug symbols cannot be had.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qemu_env import MIB, Env, QMP, check, fail, need_tools, run, say, skip  # noqa: E402
+from linux_guest import debian_kernel, debug_vmlinux, newc_initramfs, static_busybox  # noqa: E402
+
+RAM = 512 * MIB
+BOOT_TIMEOUT = 600
+KNOWN = ("lrknown-a", "lrknown-b")
+
+INIT = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+/bin/lrknown-a &
+/bin/lrknown-b &
+sleep 2
+echo "known processes started"
+echo "release $(uname -r)"
+echo c > /proc/sysrq-trigger
+"""
+WORKER = "#!/bin/busybox sh\nwhile :; do sleep 1; done\n"
+
+DRGN_SCRIPT = """
+from drgn.helpers.linux.pid import for_each_task
+print("RELEASE", prog["init_uts_ns"].name.release.string_().decode())
+for t in for_each_task(prog):
+    print("TASK", t.pid.value_(), t.comm.string_().decode())
+"""
+
+
+def need_debuggers():
+    if not shutil.which("drgn"):
+        skip("drgn is not installed (Debian package python3-drgn; tools/setup installs it)")
+    if not shutil.which("crash"):
+        skip("crash is not installed (Debian package crash; tools/setup installs it)")
+
+
+def wait_serial(path, pattern, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(path, errors="replace") as f:
+                text = f.read()
+        except OSError:
+            text = ""
+        m = re.search(pattern, text)
+        if m:
+            return m, text
+        if time.monotonic() > deadline:
+            fail(f"{what}: not seen within {timeout} s; serial output ends with:\n{text[-2000:]}")
+        time.sleep(0.5)
+
+
+def mount(env, name, source, *flags):
+    mnt, ctl = env.path(name), env.path(name + ".sock")
+    os.makedirs(mnt)
+    env.add_mount(mnt, ctl)
+    r = subprocess.run([env.lazyramd, "mount", mnt, "--source", source, "--control", ctl,
+                        "--log", ctl + ".log", *flags], capture_output=True, text=True, timeout=600)
+    check(r.returncode == 0, f"lazyramd mount {source}: {r.stderr.strip()}")
+    return mnt, ctl
+
+
+def manifest_kernel(mnt, release):
+    t0 = time.monotonic()
+    with open(os.path.join(mnt, "views", "manifest.json")) as f:
+        manifest = json.load(f)
+    kernel = manifest["kernel"]
+    say(f"  manifest.json (first read, {time.monotonic() - t0:.2f} s) kernel: "
+        + json.dumps({k: v for k, v in kernel.items() if k != "virtual_loads"}))
+    for m in kernel.get("virtual_loads", []):
+        say(f"    PT_LOAD virtual {m['virtual']} -> guest-physical {m['guest_physical']} "
+            f"({m['size'] // MIB} MiB)")
+    check(kernel["found"], f"no guest kernel found: {kernel.get('message')}")
+    check(kernel["release"] == release, f"manifest release {kernel['release']!r}, guest said {release!r}")
+    check(kernel["page_offset_base_hex"], f"no direct map found: {kernel.get('message')}")
+    return kernel
+
+
+def run_drgn(env, vmcore, vmlinux, release, what):
+    script = env.path("drgn_script.py")
+    with open(script, "w") as f:
+        f.write(DRGN_SCRIPT)
+    argv = ["drgn", "-q", "-c", vmcore, "-s", vmlinux, "--no-default-symbols", script]
+    say(f"  $ {' '.join(argv)}")
+    t0 = time.monotonic()
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    say(f"  drgn exited {r.returncode} after {time.monotonic() - t0:.1f} s")
+    lines = r.stdout.splitlines()
+    for line in lines[:3] + ["..."] + lines[-3:] if len(lines) > 8 else lines:
+        say(f"  | {line}")
+    if r.returncode != 0:
+        fail(f"drgn on {what} failed: {r.stderr.strip()[-1500:]}")
+    check(f"RELEASE {release}" in lines, f"drgn on {what}: release is not {release}")
+    comms = {l.split()[2] for l in lines if l.startswith("TASK ") and len(l.split()) > 2}
+    missing = [k for k in KNOWN if k not in comms]
+    check(not missing, f"drgn on {what}: tasks {sorted(comms)} lack {missing}")
+    say(f"  drgn on {what}: release {release}, {len(comms)} distinct comms including {KNOWN}")
+
+
+def run_crash(env, vmcore, vmlinux, release, what):
+    cmds = env.path("crash_cmds")
+    with open(cmds, "w") as f:
+        f.write("sys\nps\nquit\n")
+    argv = ["crash", "-s", "-i", cmds, vmlinux, vmcore]
+    say(f"  $ {' '.join(argv)}")
+    t0 = time.monotonic()
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                       stdin=subprocess.DEVNULL)
+    say(f"  crash exited {r.returncode} after {time.monotonic() - t0:.1f} s")
+    out = r.stdout + r.stderr
+    for line in out.splitlines():
+        if re.search(r"RELEASE|PANIC|TASKS|CPUS|lrknown|WARNING|error|do not match", line):
+            say(f"  | {line}")
+    check(re.search(r"RELEASE:\s+" + re.escape(release), out),
+          f"crash on {what}: no RELEASE {release} in its output:\n{out[-3000:]}")
+    for k in KNOWN:
+        check(re.search(r"\s" + re.escape(k) + r"\]?\s*$", out, re.M) or k in out,
+              f"crash on {what}: ps lacks {k}:\n{out[-3000:]}")
+    say(f"  crash on {what}: sys shows RELEASE {release}; ps lists {KNOWN}")
+
+
+def main():
+    need_tools()
+    need_debuggers()
+    busybox = static_busybox()
+    kernel = debian_kernel()
+    vmlinux = debug_vmlinux(kernel)
+    env = Env("kdebug")
+    initrd = env.path("initrd.cpio")
+    newc_initramfs(initrd, busybox, INIT,
+                   [(f"bin/{k}", 0o100755, WORKER.encode()) for k in KNOWN])
+    say(f"kernel {kernel}; vmlinux {vmlinux}")
+
+    ram = env.path("guest.ram")
+    with open(ram, "wb") as f:
+        f.truncate(RAM)
+    qmp_path, serial = env.path("vm.qmp"), env.path("vm.serial")
+    argv = env.qemu_argv(ram, RAM, qmp_path, "-kernel", kernel, "-initrd", initrd,
+                         "-append", "console=ttyS0 panic=0 quiet", "-no-reboot",
+                         "-serial", f"file:{serial}")
+    t0 = time.monotonic()
+    env.start_qemu(argv, "vm.log")
+    m, _ = wait_serial(serial, r"release (\S+)\r?\n", BOOT_TIMEOUT, "guest boot")
+    release = m.group(1)
+    wait_serial(serial, r"Kernel panic - not syncing", 120, "the panic")
+    say(f"guest {release} booted and panicked after {time.monotonic() - t0:.1f} s")
+    qmp = QMP(qmp_path)
+    qmp.cmd("stop")
+
+    say("case 1: the RAM file, read-only, --machine pc")
+    mnt, ctl = mount(env, "mnt1", f"file://{ram}", "--read-only", "--machine", "pc")
+    k = manifest_kernel(mnt, release)
+    check(k["kaslr_offset"] != 0, "KASLR offset 0: was KASLR off?")
+    vmcore = os.path.join(mnt, "views", "vmcore.elf")
+    run_drgn(env, vmcore, vmlinux, release, "the RAM file's vmcore.elf")
+    run_crash(env, vmcore, vmlinux, release, "the RAM file's vmcore.elf")
+    check(env.unmount(mnt, ctl), "unmount")
+
+    say("case 2: the same VM as a migration stream (qemu-stream://)")
+    stream = env.path("vm.state")
+    qmp.cmd("migrate", uri=f"exec:cat > {stream}")
+    while (info := qmp.cmd("query-migrate")).get("status") != "completed":
+        if info.get("status") in ("failed", "cancelled"):
+            fail(f"migration failed: {info}")
+        time.sleep(0.1)
+    mnt, ctl = mount(env, "mnt2", f"qemu-stream://{stream}", "--read-only")
+    manifest_kernel(mnt, release)
+    vmcore = os.path.join(mnt, "views", "vmcore.elf")
+    run_drgn(env, vmcore, vmlinux, release, "the stream's vmcore.elf")
+    check(env.unmount(mnt, ctl), "unmount")
+    env.quit_qemu(qmp, env.qemus[0])
+
+
+if __name__ == "__main__":
+    run(main)
