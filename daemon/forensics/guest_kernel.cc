@@ -142,8 +142,10 @@ void FindMappings(const GuestLayout& layout, PhysReader counted, GuestKernel* k)
     const std::vector<GuestRange>& ranges = layout.ranges();
     const auto direct = [&](uint64_t base) {
       for (const GuestRange& r : ranges) {
-        for (uint64_t p :
-             {r.guest_physical == 0 ? uint64_t{0x100000} : r.guest_physical, r.end() - kPage}) {
+        // Not the range's last page: firmware reserves the top of low RAM
+        // (e820), and Linux does not map it.
+        for (uint64_t p : {r.guest_physical == 0 ? uint64_t{0x100000} : r.guest_physical,
+                           r.guest_physical + r.size / 2 / kPage * kPage}) {
           const std::optional<uint64_t> got = TranslateVirtual(counted, k->pgd_paddr, 4, base + p);
           if (!got.has_value() || *got != p) return false;
         }

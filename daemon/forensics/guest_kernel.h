@@ -26,8 +26,8 @@
 //     4- or 5-level) map it linearly to phys_base + v - __START_KERNEL_map.
 //  4. The direct map (page_offset_base, randomized with KASLR): the lowest
 //     PUD-aligned kernel-half address (4-level paging only) that the page
-//     tables map to guest-physical 0 and, at the edges of every RAM range,
-//     linearly onward.
+//     tables map to guest-physical 0 and, at the start and middle of every
+//     RAM range, linearly onward.
 // No note: kNotFound, saying how much was searched. Found but 3 or 4 fail:
 // the kernel is returned with what is missing in `message`.
 #ifndef LAZYRAM_DAEMON_FORENSICS_GUEST_KERNEL_H_
