@@ -325,14 +325,19 @@ absl::StatusOr<GuestKernel> FindGuestKernel(const GuestLayout& layout, PhysReade
   } else {
     std::vector<uint8_t> buf;
     const uint64_t chunk = std::max<uint64_t>(kPage, options.chunk / kPage * kPage);
-    for (const GuestRange& r : layout.ranges()) {
-      for (uint64_t at = (r.guest_physical + kPage - 1) / kPage * kPage; at < r.end() && !found;
-           at += chunk) {
-        const uint64_t n = std::min(chunk, (r.end() - at) / kPage * kPage);
-        if (n == 0) break;
+    // From the top of RAM down, a page at a time: the note is allocated
+    // early at boot, and early page allocations on x86 Linux tend to come
+    // from the top of memory (so a lazy source fetches little).
+    for (auto r = layout.ranges().rbegin(); r != layout.ranges().rend() && !found; ++r) {
+      const uint64_t lo = (r->guest_physical + kPage - 1) / kPage * kPage;
+      for (uint64_t end = r->end() / kPage * kPage; end > lo && !found;) {
+        const uint64_t n = std::min(chunk, end - lo);
+        const uint64_t at = end - n;
+        end = at;
         buf.resize(n);
         if (absl::Status s = counted(at, buf); !s.ok()) return s;
-        for (uint64_t off = 0; off < n; off += kPage) {
+        for (uint64_t off = n; off > 0;) {
+          off -= kPage;
           ++st.pages_examined;
           const uint32_t descsz = NoteHeader(buf.data() + off);
           if (descsz == 0) continue;
@@ -344,7 +349,6 @@ absl::StatusOr<GuestKernel> FindGuestKernel(const GuestLayout& layout, PhysReade
           }
         }
       }
-      if (found) break;
     }
   }
   if (!found) {

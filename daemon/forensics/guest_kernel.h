@@ -9,10 +9,10 @@
 //     (kernel/crash_core.c: alloc_pages_exact) and fills it at boot: an
 //     Elf64_Nhdr {n_namesz 11, n_descsz <= 4096, n_type 0}, "VMCOREINFO\0"
 //     padded to 12 bytes, then text lines "KEY=value\n" starting with
-//     "OSRELEASE=". Only page starts are looked at, range by range in
-//     ascending guest-physical order (or just the address a caller names,
-//     e.g. from QEMU's vmcoreinfo device). Reading every page start reads
-//     all of RAM up to the note (for a lazy source: fetches it).
+//     "OSRELEASE=". Only page starts are looked at, from the top of RAM
+//     down (or just the address a caller names, e.g. from QEMU's
+//     vmcoreinfo device), in 1 MiB reads: all of RAM above the note is
+//     read (for a lazy source: fetched), all of it when there is none.
 //  2. Each candidate is checked against the memory it was found in: its
 //     text must hold OSRELEASE=, PAGESIZE=4096, SYMBOL(init_uts_ns),
 //     OFFSET(uts_namespace.name), NUMBER(phys_base) and SYMBOL(init_top_pgt)
