@@ -148,10 +148,11 @@ std::shared_ptr<const MemoryView> ForensicViews::View(Kind kind) const {
   const GuestKernel* kernel = search->kernel.ok() ? &*search->kernel : nullptr;
   absl::MutexLock lock(&mu_);
   if (cache_.ram != ram || cache_.size != layout->ram_size()) {
-    return BuildElf(*layout, ram, LayoutNote(*layout, *ram), kernel);  // changed meanwhile
+    return BuildElf(*layout, ram, LayoutNote(*layout, *ram), kernel,
+                    options_.cpus);  // changed meanwhile
   }
   if (cache_.views[2] == nullptr) {
-    cache_.views[2] = BuildElf(*layout, ram, LayoutNote(*layout, *ram), kernel);
+    cache_.views[2] = BuildElf(*layout, ram, LayoutNote(*layout, *ram), kernel, options_.cpus);
   }
   return cache_.views[2];
 }
@@ -242,15 +243,85 @@ std::shared_ptr<MemoryView> ForensicViews::BuildLime(const GuestLayout& layout, 
   return std::make_shared<MemoryView>(std::move(segments));
 }
 
+std::string ForensicViews::PrstatusNote(const X86CpuState& c) {
+  // QEMU's x86_64_elf_prstatus: pad to pr_pid (32), pid, pad to pr_reg
+  // (76), user_regs_struct, pad (8): 336 bytes.
+  std::string d(32, '\0');
+  Append(&d, static_cast<uint32_t>(c.index + 1));
+  d.append(76, '\0');
+  enum { kAx, kCx, kDx, kBx, kSp, kBp, kSi, kDi };
+  enum { kEs, kCs, kSs, kDs, kFs, kGs };
+  const uint64_t regs[27] = {c.regs[15],
+                             c.regs[14],
+                             c.regs[13],
+                             c.regs[12],
+                             c.regs[kBp],
+                             c.regs[kBx],
+                             c.regs[11],
+                             c.regs[10],
+                             c.regs[9],
+                             c.regs[8],
+                             c.regs[kAx],
+                             c.regs[kCx],
+                             c.regs[kDx],
+                             c.regs[kSi],
+                             c.regs[kDi],
+                             0 /* orig_rax */,
+                             c.rip,
+                             c.segs[kCs].selector,
+                             c.rflags,
+                             c.regs[kSp],
+                             c.segs[kSs].selector,
+                             c.segs[kFs].base,
+                             c.segs[kGs].base,
+                             c.segs[kDs].selector,
+                             c.segs[kEs].selector,
+                             c.segs[kFs].selector,
+                             c.segs[kGs].selector};
+  for (uint64_t r : regs) Append(&d, r);
+  d.append(8, '\0');
+  return ElfNote("CORE", NT_PRSTATUS, d);
+}
+
+std::string ForensicViews::QemuCpuNote(const X86CpuState& c) {
+  auto seg = [](std::string* d, const X86Segment& s) {
+    Append(d, s.selector);
+    Append(d, s.limit);
+    Append(d, s.flags);
+    Append(d, uint32_t{0});
+    Append(d, s.base);
+  };
+  std::string d;
+  Append(&d, uint32_t{1});                                       // QEMUCPUSTATE_VERSION
+  Append(&d, uint32_t{0});                                       // sizeof(QEMUCPUState): set below
+  for (int i : {0, 3, 1, 2, 6, 7, 4, 5}) Append(&d, c.regs[i]);  // rax rbx rcx rdx rsi rdi rsp rbp
+  for (int i = 8; i < 16; ++i) Append(&d, c.regs[i]);
+  Append(&d, c.rip);
+  Append(&d, c.rflags);
+  for (int i : {1, 3, 0, 4, 5, 2}) seg(&d, c.segs[i]);  // cs ds es fs gs ss
+  seg(&d, c.ldt);
+  seg(&d, c.tr);
+  seg(&d, c.gdt);
+  seg(&d, c.idt);
+  for (uint64_t cr : c.cr) Append(&d, cr);
+  Append(&d, c.kernel_gs_base);
+  const uint32_t size = static_cast<uint32_t>(d.size());  // 0x1b8
+  std::memcpy(d.data() + 4, &size, 4);
+  return ElfNote("QEMU", 0, d);
+}
+
 std::shared_ptr<MemoryView> ForensicViews::BuildElf(const GuestLayout& layout, Region* ram,
                                                     const std::string& note,
-                                                    const GuestKernel* kernel) {
+                                                    const GuestKernel* kernel,
+                                                    const std::vector<X86CpuState>& cpus) {
   const std::vector<GuestRange>& ranges = layout.ranges();
   static const std::vector<VirtualMapping> kNone;
   const std::vector<VirtualMapping>& mappings = kernel != nullptr ? kernel->mappings : kNone;
   const uint64_t phnum = 1 + ranges.size() + mappings.size();
   const uint64_t note_offset = sizeof(Elf64_Ehdr) + phnum * sizeof(Elf64_Phdr);
   std::string note_bytes = ElfNote("LAZYRAM", kNoteType, note);
+  for (const X86CpuState& cpu : cpus) note_bytes += PrstatusNote(cpu);
+  for (const X86CpuState& cpu : cpus) note_bytes += QemuCpuNote(cpu);
   if (kernel != nullptr) note_bytes += kernel->note;
   const uint64_t data_offset = AlignUp(note_offset + note_bytes.size(), kPage);
 
@@ -369,6 +440,8 @@ std::string ForensicViews::ManifestJson() const {
     }
   }
   out["views"] = std::move(views);
+  out["vcpus"] =
+      options_.cpus.empty() ? nlohmann::json(nullptr) : nlohmann::json(options_.cpus.size());
   out["kernel"] = nullptr;
   if (layout.has_value()) {
     std::shared_ptr<const KernelSearch> search = Kernel();

@@ -33,6 +33,7 @@
 #include "absl/synchronization/mutex.h"
 #include "daemon/core/region_hasher.h"
 #include "daemon/core/region_set.h"
+#include "daemon/forensics/cpu_state.h"
 #include "daemon/forensics/guest_kernel.h"
 #include "daemon/forensics/guest_layout.h"
 #include "daemon/forensics/memory_view.h"
@@ -62,6 +63,9 @@ class ForensicViews {
     // Where QEMU's vmcoreinfo device says the guest's VMCOREINFO note is
     // (from a migration stream); the search looks there first.
     std::optional<uint64_t> vmcoreinfo_paddr;
+    // The vCPUs' registers (from a migration stream): vmcore.elf gets an
+    // NT_PRSTATUS and a QEMU note per vCPU, as dump-guest-memory writes.
+    std::vector<X86CpuState> cpus;
   };
 
   // `regions` and `hasher` (whose results the manifest reports) must
@@ -85,7 +89,13 @@ class ForensicViews {
   // `kernel` (may be null) adds its VMCOREINFO note and virtual PT_LOADs.
   static std::shared_ptr<MemoryView> BuildElf(const GuestLayout& layout, Region* ram,
                                               const std::string& note,
-                                              const GuestKernel* kernel = nullptr);
+                                              const GuestKernel* kernel = nullptr,
+                                              const std::vector<X86CpuState>& cpus = {});
+  // The notes of one vCPU, as QEMU 7.2's dump-guest-memory writes them
+  // (target/i386/arch_dump.c): "CORE" NT_PRSTATUS (struct elf_prstatus,
+  // pr_pid = index + 1) and "QEMU" (QEMUCPUState, type 0).
+  static std::string PrstatusNote(const X86CpuState& cpu);
+  static std::string QemuCpuNote(const X86CpuState& cpu);
 
   // The guest kernel search's outcome for the current layout: runs it
   // (blocking, reading guest memory) the first time; cached after.
