@@ -1,22 +1,29 @@
 #!/usr/bin/env python3
 """Kernel debuggers open views/vmcore.elf of a dead Linux guest.
 
-One boot of Debian's cloud kernel (KASLR on, TCG, 512 MiB, no
--device vmcoreinfo) with a busybox initramfs that starts processes with
-known names (lrknown-a, lrknown-b: shell scripts, so their comm is the
-script's name), then panics (echo c > /proc/sysrq-trigger; panic=0 keeps
-the VM up). Then:
-1. The RAM file, mounted read-only (file://, --machine pc): manifest.json
-   names the kernel release and KASLR offset that lazyram found; drgn
-   (Debian's python3-drgn) with the kernel's vmlinux (from the matching
-   -dbg package, cached) reads init_uts_ns.name.release and lists the
-   tasks; crash (batch mode) shows the release and the panic (sys), the
+Debian's cloud kernel (KASLR on, TCG, 512 MiB) boots a busybox initramfs
+that starts processes with known names (lrknown-a, lrknown-b: shell
+scripts, so their comm is the script's name), then panics (echo c >
+/proc/sysrq-trigger; panic=0 keeps the VM up). The judges are Debian's
+drgn (python3-drgn) and crash, with the kernel's vmlinux (from the
+matching -dbg package, cached).
+1. VM A, without -device vmcoreinfo. Its RAM file mounted read-only
+   (file://, --machine pc): manifest.json names the release and KASLR
+   offset lazyram found by scanning; drgn reads init_uts_ns.name.release
+   and lists the tasks; crash shows the release and the panic (sys), the
    panicking task (ps) and the known names (in init_task's task list: see
    run_crash).
-2. The same VM saved as a migration stream (qemu-stream://, no --machine):
-   drgn on its vmcore.elf reads the release and the tasks too.
+2. VM A stopped and saved as a migration stream (qemu-stream://, no
+   --machine): the CPU notes come from the stream; drgn's stack trace of
+   the crashed thread goes through panic and sysrq_handle_crash.
+3. VM B, with -device vmcoreinfo and the guest's qemu_fw_cfg module
+   loaded: its stream's vmcoreinfo device names the note (found_by
+   vmcoreinfo-device); drgn on lazyram's vmcore.elf and on QEMU's own
+   dump-guest-memory (paging=true, the only kind drgn 0.0.22 opens) gives
+   the same crashed thread, registers and stack trace.
 Skipped (exit 77) when drgn, crash or the debug symbols cannot be had.
 """
+import glob
 import json
 import os
 import re
@@ -48,6 +55,14 @@ echo "release $(uname -r)"
 echo c > /proc/sysrq-trigger
 """
 WORKER = "#!/bin/busybox sh\nwhile :; do sleep 1; done\n"
+
+DRGN_BT_SCRIPT = """
+t = prog.crashed_thread()
+trace = t.stack_trace()
+regs = trace[0].registers()
+print("CRASHED", t.tid, "RIP", hex(regs["rip"]), "RSP", hex(regs["rsp"]))
+print(trace)
+"""
 
 DRGN_SCRIPT = """
 from drgn.helpers.linux.pid import for_each_task
@@ -162,6 +177,70 @@ def run_crash(env, vmcore, vmlinux, release, what):
         f"task list ({len(comms)} comms) includes {KNOWN}")
 
 
+def drgn_backtrace(env, vmcore, vmlinux, what):
+    """(crashed tid, rip, rsp, [function names]) drgn gives for vmcore."""
+    script = env.path("drgn_bt.py")
+    with open(script, "w") as f:
+        f.write(DRGN_BT_SCRIPT)
+    argv = ["drgn", "-q", "-c", vmcore, "-s", vmlinux, "--no-default-symbols", script]
+    say(f"  $ {' '.join(argv)}")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    for line in r.stdout.splitlines()[:8]:
+        say(f"  | {line}")
+    if r.returncode != 0:
+        fail(f"drgn backtrace on {what} failed: {r.stderr.strip()[-1500:]}")
+    m = re.search(r"^CRASHED (\d+) RIP (0x[0-9a-f]+) RSP (0x[0-9a-f]+)$", r.stdout, re.M)
+    check(m, f"drgn on {what}: no crashed thread in {r.stdout!r}")
+    # Symbolized frames only: past the syscall entry drgn reads user
+    # memory, which a dump shows or not.
+    frames = re.findall(r"^#\d+\s+([A-Za-z_]\w*)", r.stdout, re.M)
+    return int(m.group(1)), m.group(2), m.group(3), frames
+
+
+def boot(env, name, kernel, busybox, vmcoreinfo):
+    """A guest that starts the known processes and panics; (qmp, ram, release)."""
+    extra, init = [], INIT
+    argv_extra = []
+    if vmcoreinfo:
+        mods = glob.glob(os.path.join(os.path.dirname(os.path.dirname(kernel)), "lib", "modules",
+                                      "*", "kernel", "drivers", "firmware", "qemu_fw_cfg.ko"))
+        check(mods, "no qemu_fw_cfg.ko in the kernel package")
+        with open(mods[0], "rb") as f:
+            extra.append(("qemu_fw_cfg.ko", 0o100644, f.read()))
+        init = init.replace("/bin/lrknown-a &", "insmod /qemu_fw_cfg.ko && echo fw_cfg loaded\n/bin/lrknown-a &")
+        argv_extra = ["-device", "vmcoreinfo"]
+    initrd = env.path(f"{name}.initrd")
+    newc_initramfs(initrd, busybox, init,
+                   [(f"bin/{k}", 0o100755, WORKER.encode()) for k in KNOWN] + extra)
+    ram = env.path(f"{name}.ram")
+    with open(ram, "wb") as f:
+        f.truncate(RAM)
+    qmp_path, serial = env.path(f"{name}.qmp"), env.path(f"{name}.serial")
+    argv = env.qemu_argv(ram, RAM, qmp_path, "-kernel", kernel, "-initrd", initrd,
+                         "-append", "console=ttyS0 panic=0 quiet", "-no-reboot",
+                         "-serial", f"file:{serial}", *argv_extra)
+    t0 = time.monotonic()
+    p = env.start_qemu(argv, f"{name}.log")
+    m, _ = wait_serial(serial, r"release (\S+)\r?\n", BOOT_TIMEOUT, f"VM {name} boot")
+    release = m.group(1)
+    _, text = wait_serial(serial, r"Kernel panic - not syncing", 120, f"VM {name}'s panic")
+    if vmcoreinfo:
+        check("fw_cfg loaded" in text, f"VM {name}: qemu_fw_cfg did not load:\n{text[-2000:]}")
+    say(f"VM {name}: {release} booted and panicked after {time.monotonic() - t0:.1f} s"
+        + (" (-device vmcoreinfo, qemu_fw_cfg loaded)" if vmcoreinfo else ""))
+    qmp = QMP(qmp_path)
+    qmp.cmd("stop")
+    return qmp, p.pid, ram, release
+
+
+def save_stream(qmp, path):
+    qmp.cmd("migrate", uri=f"exec:cat > {path}")
+    while (info := qmp.cmd("query-migrate")).get("status") != "completed":
+        if info.get("status") in ("failed", "cancelled"):
+            fail(f"migration failed: {info}")
+        time.sleep(0.1)
+
+
 def main():
     need_tools()
     need_debuggers()
@@ -169,49 +248,54 @@ def main():
     kernel = debian_kernel()
     vmlinux = debug_vmlinux(kernel)
     env = Env("kdebug")
-    initrd = env.path("initrd.cpio")
-    newc_initramfs(initrd, busybox, INIT,
-                   [(f"bin/{k}", 0o100755, WORKER.encode()) for k in KNOWN])
     say(f"kernel {kernel}; vmlinux {vmlinux}")
 
-    ram = env.path("guest.ram")
-    with open(ram, "wb") as f:
-        f.truncate(RAM)
-    qmp_path, serial = env.path("vm.qmp"), env.path("vm.serial")
-    argv = env.qemu_argv(ram, RAM, qmp_path, "-kernel", kernel, "-initrd", initrd,
-                         "-append", "console=ttyS0 panic=0 quiet", "-no-reboot",
-                         "-serial", f"file:{serial}")
-    t0 = time.monotonic()
-    env.start_qemu(argv, "vm.log")
-    m, _ = wait_serial(serial, r"release (\S+)\r?\n", BOOT_TIMEOUT, "guest boot")
-    release = m.group(1)
-    wait_serial(serial, r"Kernel panic - not syncing", 120, "the panic")
-    say(f"guest {release} booted and panicked after {time.monotonic() - t0:.1f} s")
-    qmp = QMP(qmp_path)
-    qmp.cmd("stop")
-
-    say("case 1: the RAM file, read-only, --machine pc")
+    qmp, pid, ram, release = boot(env, "a", kernel, busybox, vmcoreinfo=False)
+    say("case 1: VM A's RAM file, read-only, --machine pc")
     mnt, ctl = mount(env, "mnt1", f"file://{ram}", "--read-only", "--machine", "pc")
     k = manifest_kernel(mnt, release)
     check(k["kaslr_offset"] != 0, "KASLR offset 0: was KASLR off?")
+    check(k["vmcoreinfo"]["found_by"] == "memory-scan", f"found by {k['vmcoreinfo']['found_by']}")
     vmcore = os.path.join(mnt, "views", "vmcore.elf")
     run_drgn(env, vmcore, vmlinux, release, "the RAM file's vmcore.elf")
     run_crash(env, vmcore, vmlinux, release, "the RAM file's vmcore.elf")
     check(env.unmount(mnt, ctl), "unmount")
 
-    say("case 2: the same VM as a migration stream (qemu-stream://)")
-    stream = env.path("vm.state")
-    qmp.cmd("migrate", uri=f"exec:cat > {stream}")
-    while (info := qmp.cmd("query-migrate")).get("status") != "completed":
-        if info.get("status") in ("failed", "cancelled"):
-            fail(f"migration failed: {info}")
-        time.sleep(0.1)
+    say("case 2: VM A as a migration stream (qemu-stream://)")
+    stream = env.path("a.state")
+    save_stream(qmp, stream)
+    env.quit_qemu(qmp, pid)
     mnt, ctl = mount(env, "mnt2", f"qemu-stream://{stream}", "--read-only")
-    manifest_kernel(mnt, release)
+    k = manifest_kernel(mnt, release)
+    check(k["vmcoreinfo"]["found_by"] == "memory-scan", f"found by {k['vmcoreinfo']['found_by']}")
     vmcore = os.path.join(mnt, "views", "vmcore.elf")
     run_drgn(env, vmcore, vmlinux, release, "the stream's vmcore.elf")
+    tid, rip, rsp, frames = drgn_backtrace(env, vmcore, vmlinux, "the stream's vmcore.elf")
+    check(tid == 1 and "panic" in frames and "sysrq_handle_crash" in frames,
+          f"drgn's crashed thread {tid}, frames {frames}: not init panicking in sysrq_handle_crash")
+    say(f"  crashed thread {tid} at RIP {rip}: {' <- '.join(frames)}")
     check(env.unmount(mnt, ctl), "unmount")
-    env.quit_qemu(qmp, env.qemus[0])
+
+    say("case 3: VM B (-device vmcoreinfo): lazyram's vmcore.elf vs QEMU's dump-guest-memory")
+    qmp, pid, ram, release = boot(env, "b", kernel, busybox, vmcoreinfo=True)
+    dump = env.path("b.dump")
+    qmp.cmd("dump-guest-memory", paging=True, protocol=f"file:{dump}")
+    stream = env.path("b.state")
+    save_stream(qmp, stream)
+    env.quit_qemu(qmp, pid)
+    mnt, ctl = mount(env, "mnt3", f"qemu-stream://{stream}", "--read-only")
+    with open(os.path.join(mnt, "views", "manifest.json")) as f:
+        manifest = json.load(f)
+    check(manifest["vcpus"] == 1, f"manifest vcpus {manifest['vcpus']}")
+    k = manifest_kernel(mnt, release)
+    check(k["vmcoreinfo"]["found_by"] == "vmcoreinfo-device",
+          f"found by {k['vmcoreinfo']['found_by']}, not the vmcoreinfo device")
+    ours = drgn_backtrace(env, os.path.join(mnt, "views", "vmcore.elf"), vmlinux,
+                          "lazyram's vmcore.elf")
+    theirs = drgn_backtrace(env, dump, vmlinux, "QEMU's dump-guest-memory")
+    check(ours == theirs, f"drgn: lazyram's {ours} != QEMU's {theirs}")
+    say(f"  same crashed thread {ours[0]}, RIP {ours[1]}, RSP {ours[2]}, {len(ours[3])} frames")
+    check(env.unmount(mnt, ctl), "unmount")
 
 
 if __name__ == "__main__":
