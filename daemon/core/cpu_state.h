@@ -1,8 +1,10 @@
 // X86CpuState: one x86_64 vCPU's registers as QEMU keeps them (its
-// CPUX86State, migrated as the "cpu" device), for the CPU notes of
-// views/vmcore.elf. Plain data; no dependencies.
-#ifndef LAZYRAM_DAEMON_FORENSICS_CPU_STATE_H_
-#define LAZYRAM_DAEMON_FORENSICS_CPU_STATE_H_
+// CPUX86State, migrated as the "cpu" device). Plain data, here so that
+// local/ (which reads it from migration streams) and forensics/ (which
+// writes it into views/vmcore.elf's CPU notes) share it without depending
+// on each other.
+#ifndef LAZYRAM_DAEMON_CORE_CPU_STATE_H_
+#define LAZYRAM_DAEMON_CORE_CPU_STATE_H_
 
 #include <cstdint>
 
@@ -30,4 +32,4 @@ struct X86CpuState {
 
 }  // namespace lazyram
 
-#endif  // LAZYRAM_DAEMON_FORENSICS_CPU_STATE_H_
+#endif  // LAZYRAM_DAEMON_CORE_CPU_STATE_H_

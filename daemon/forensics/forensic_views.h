@@ -33,7 +33,7 @@
 #include "absl/synchronization/mutex.h"
 #include "daemon/core/region_hasher.h"
 #include "daemon/core/region_set.h"
-#include "daemon/forensics/cpu_state.h"
+#include "daemon/core/cpu_state.h"
 #include "daemon/forensics/guest_kernel.h"
 #include "daemon/forensics/guest_layout.h"
 #include "daemon/forensics/memory_view.h"

@@ -17,7 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "daemon/forensics/cpu_state.h"
+#include "daemon/core/cpu_state.h"
 
 namespace lazyram {
 
