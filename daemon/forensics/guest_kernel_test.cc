@@ -228,5 +228,70 @@ TEST(BuildElfTest, KernelNoteAndVirtualLoads) {
   EXPECT_EQ(elf->size(), ph[2].p_offset + (1ULL << 30));
 }
 
+// The CPU notes, laid out as QEMU 7.2's dump-guest-memory writes them.
+TEST(CpuNotesTest, PrstatusAndQemuNotes) {
+  X86CpuState c;
+  c.index = 2;
+  for (int i = 0; i < 16; ++i) c.regs[i] = 0x100 + i;  // rax rcx rdx rbx rsp rbp rsi rdi r8..
+  c.rip = 0xffffffff81000010ULL;
+  c.rflags = 0x246;
+  for (int i = 0; i < 6; ++i)
+    c.segs[i] = {static_cast<uint32_t>(0x10 + i), 0x1000u * i, 0xfffff, 0};
+  c.cr[3] = 0x26ac000;
+  c.kernel_gs_base = 0xffff888000000000ULL;
+
+  const std::string pr = ForensicViews::PrstatusNote(c);
+  ASSERT_EQ(pr.size(), 12u + 8 + 336);
+  Elf64_Nhdr h;
+  std::memcpy(&h, pr.data(), sizeof h);
+  EXPECT_EQ(h.n_type, static_cast<uint32_t>(NT_PRSTATUS));
+  EXPECT_EQ(h.n_descsz, 336u);
+  EXPECT_EQ(pr.substr(12, 5), std::string("CORE\0", 5));
+  const char* d = pr.data() + 20;
+  auto u64 = [](const char* p) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    return v;
+  };
+  uint32_t pid;
+  std::memcpy(&pid, d + 32, 4);
+  EXPECT_EQ(pid, 3u);                                    // index + 1
+  const char* regs = d + 112;                            // pr_reg
+  EXPECT_EQ(u64(regs + 0 * 8), 0x10fu);                  // r15
+  EXPECT_EQ(u64(regs + 4 * 8), 0x105u);                  // rbp
+  EXPECT_EQ(u64(regs + 5 * 8), 0x103u);                  // rbx
+  EXPECT_EQ(u64(regs + 10 * 8), 0x100u);                 // rax
+  EXPECT_EQ(u64(regs + 14 * 8), 0x107u);                 // rdi
+  EXPECT_EQ(u64(regs + 16 * 8), 0xffffffff81000010ULL);  // rip
+  EXPECT_EQ(u64(regs + 17 * 8), 0x11u);                  // cs
+  EXPECT_EQ(u64(regs + 18 * 8), 0x246u);                 // eflags
+  EXPECT_EQ(u64(regs + 19 * 8), 0x104u);                 // rsp
+  EXPECT_EQ(u64(regs + 20 * 8), 0x12u);                  // ss
+  EXPECT_EQ(u64(regs + 21 * 8), 0x4000u);                // fs_base
+  EXPECT_EQ(u64(regs + 22 * 8), 0x5000u);                // gs_base
+  EXPECT_EQ(u64(regs + 26 * 8), 0x15u);                  // gs
+
+  const std::string q = ForensicViews::QemuCpuNote(c);
+  std::memcpy(&h, q.data(), sizeof h);
+  EXPECT_EQ(h.n_type, 0u);
+  EXPECT_EQ(h.n_descsz, 0x1b8u);
+  EXPECT_EQ(q.substr(12, 5), std::string("QEMU\0", 5));
+  const char* s = q.data() + 20;
+  uint32_t version, size;
+  std::memcpy(&version, s, 4);
+  std::memcpy(&size, s + 4, 4);
+  EXPECT_EQ(version, 1u);
+  EXPECT_EQ(size, 0x1b8u);
+  EXPECT_EQ(u64(s + 8), 0x100u);          // rax
+  EXPECT_EQ(u64(s + 8 + 8), 0x103u);      // rbx
+  EXPECT_EQ(u64(s + 8 + 6 * 8), 0x104u);  // rsp
+  EXPECT_EQ(u64(s + 8 + 16 * 8), c.rip);  // rip
+  uint32_t cs_selector;
+  std::memcpy(&cs_selector, s + 8 + 18 * 8, 4);  // cs: the first segment
+  EXPECT_EQ(cs_selector, 0x11u);
+  EXPECT_EQ(u64(s + 8 + 18 * 8 + 10 * 24 + 3 * 8), 0x26ac000u);  // cr[3]
+  EXPECT_EQ(u64(s + 0x1b0), c.kernel_gs_base);
+}
+
 }  // namespace
 }  // namespace lazyram
