@@ -61,6 +61,7 @@ std::string Hex(uint64_t v) { return absl::StrFormat("%#x", v); }
 
 nlohmann::json KernelJson(const ForensicViews::KernelSearch& search) {
   nlohmann::json out;
+  out["searched"] = true;
   out["search_seconds"] = absl::ToDoubleSeconds(search.took);
   if (!search.kernel.ok()) {
     out["found"] = false;
@@ -75,6 +76,7 @@ nlohmann::json KernelJson(const ForensicViews::KernelSearch& search) {
                        {"found_by", k.method},
                        {"size", k.info.text().size()},
                        {"pages_examined", k.stats.pages_examined},
+                       {"pages_known_zero", k.stats.pages_known_zero},
                        {"bytes_read", k.stats.bytes_read},
                        {"candidates", k.stats.candidates},
                        {"rejected", k.stats.rejected}};
@@ -129,32 +131,27 @@ std::shared_ptr<const MemoryView> ForensicViews::View(Kind kind) const {
   Region* ram = nullptr;
   const std::optional<GuestLayout> layout = Layout(&ram);
   if (!layout.has_value()) return nullptr;
-  std::shared_ptr<const MemoryView> raw;
-  {
-    absl::MutexLock lock(&mu_);
-    if (cache_.ram != ram || cache_.size != layout->ram_size() || cache_.views[0] == nullptr) {
-      cache_.ram = ram;
-      cache_.size = layout->ram_size();
-      cache_.views = {BuildPhysmemRaw(*layout, ram), BuildLime(*layout, ram), nullptr};
-    }
-    if (kind != Kind::kVmcoreElf || cache_.views[2] != nullptr) {
-      return cache_.views[static_cast<size_t>(kind)];
-    }
-    raw = cache_.views[0];
-  }
-  // vmcore.elf: its headers depend on the guest kernel, searched (once)
-  // without holding mu_.
-  std::shared_ptr<const KernelSearch> search = SearchKernel(*layout, ram, raw);
-  const GuestKernel* kernel = search->kernel.ok() ? &*search->kernel : nullptr;
   absl::MutexLock lock(&mu_);
-  if (cache_.ram != ram || cache_.size != layout->ram_size()) {
-    return BuildElf(*layout, ram, LayoutNote(*layout, *ram), kernel,
-                    options_.cpus);  // changed meanwhile
+  if (cache_.ram != ram || cache_.size != layout->ram_size() || cache_.views[0] == nullptr) {
+    cache_.ram = ram;
+    cache_.size = layout->ram_size();
+    std::shared_ptr<const MemoryView> raw = BuildPhysmemRaw(*layout, ram);
+    // vmcore.elf's header depends on the guest kernel: it is made, and the
+    // kernel searched (once, cached), when the header is first read.
+    auto header = [this, layout = *layout, ram, raw]() {
+      std::shared_ptr<const KernelSearch> search = SearchKernel(layout, ram, raw);
+      return search->kernel.ok() ? &*search->kernel : nullptr;
+    };
+    cache_.views = {
+        raw, BuildLime(*layout, ram),
+        BuildElfWith(*layout, ram, LayoutNote(*layout, *ram), options_.cpus, std::move(header))};
   }
-  if (cache_.views[2] == nullptr) {
-    cache_.views[2] = BuildElf(*layout, ram, LayoutNote(*layout, *ram), kernel, options_.cpus);
-  }
-  return cache_.views[2];
+  return cache_.views[static_cast<size_t>(kind)];
+}
+
+std::shared_ptr<const ForensicViews::KernelSearch> ForensicViews::KernelIfSearched() const {
+  absl::MutexLock lock(&done_mu_);
+  return searched_;
 }
 
 std::shared_ptr<const ForensicViews::KernelSearch> ForensicViews::Kernel() const {
@@ -190,6 +187,15 @@ std::shared_ptr<const ForensicViews::KernelSearch> ForensicViews::SearchKernel(
   auto result = std::make_shared<KernelSearch>();
   const absl::Time start = absl::Now();
   KernelSearchOptions opts;
+  opts.known_zero = [&layout, ram](uint64_t paddr) {
+    for (const GuestRange& r : layout.ranges()) {
+      if (paddr >= r.guest_physical && paddr < r.end()) {
+        return ram->page_state((paddr - r.guest_physical + r.region_offset) / kPage) ==
+               PageState::kZero;
+      }
+    }
+    return false;
+  };
   if (options_.vmcoreinfo_paddr.has_value()) {
     opts.note_paddr = options_.vmcoreinfo_paddr;
     opts.method = "vmcoreinfo-device";
@@ -197,7 +203,9 @@ std::shared_ptr<const ForensicViews::KernelSearch> ForensicViews::SearchKernel(
   result->kernel = FindGuestKernel(layout, read, opts);
   if (!result->kernel.ok() && opts.note_paddr.has_value()) {
     LogWarning("guest kernel: %s; scanning memory instead", result->kernel.status().message());
-    result->kernel = FindGuestKernel(layout, read);
+    opts.note_paddr.reset();
+    opts.method = "memory-scan";
+    result->kernel = FindGuestKernel(layout, read, opts);
   }
   result->took = absl::Now() - start;
   if (result->kernel.ok()) {
@@ -214,6 +222,8 @@ std::shared_ptr<const ForensicViews::KernelSearch> ForensicViews::SearchKernel(
   }
   search_key_ = {ram, layout.ram_size()};
   search_ = result;
+  absl::MutexLock done(&done_mu_);
+  searched_ = result;
   return result;
 }
 
@@ -314,78 +324,108 @@ std::shared_ptr<MemoryView> ForensicViews::BuildElf(const GuestLayout& layout, R
                                                     const std::string& note,
                                                     const GuestKernel* kernel,
                                                     const std::vector<X86CpuState>& cpus) {
-  const std::vector<GuestRange>& ranges = layout.ranges();
-  static const std::vector<VirtualMapping> kNone;
-  const std::vector<VirtualMapping>& mappings = kernel != nullptr ? kernel->mappings : kNone;
-  const uint64_t phnum = 1 + ranges.size() + mappings.size();
-  const uint64_t note_offset = sizeof(Elf64_Ehdr) + phnum * sizeof(Elf64_Phdr);
-  std::string note_bytes = ElfNote("LAZYRAM", kNoteType, note);
-  for (const X86CpuState& cpu : cpus) note_bytes += PrstatusNote(cpu);
-  for (const X86CpuState& cpu : cpus) note_bytes += QemuCpuNote(cpu);
-  if (kernel != nullptr) note_bytes += kernel->note;
-  const uint64_t data_offset = AlignUp(note_offset + note_bytes.size(), kPage);
+  return BuildElfWith(layout, ram, note, cpus, [kernel] { return kernel; });
+}
 
-  Elf64_Ehdr ehdr{};
-  std::memcpy(ehdr.e_ident, ELFMAG, SELFMAG);
-  ehdr.e_ident[EI_CLASS] = ELFCLASS64;
-  ehdr.e_ident[EI_DATA] = ELFDATA2LSB;
-  ehdr.e_ident[EI_VERSION] = EV_CURRENT;
-  ehdr.e_ident[EI_OSABI] = ELFOSABI_SYSV;
-  ehdr.e_type = ET_CORE;
-  ehdr.e_machine = EM_X86_64;
-  ehdr.e_version = EV_CURRENT;
-  ehdr.e_phoff = sizeof(Elf64_Ehdr);
-  ehdr.e_ehsize = sizeof(Elf64_Ehdr);
-  ehdr.e_phentsize = sizeof(Elf64_Phdr);
-  ehdr.e_phnum = static_cast<Elf64_Half>(phnum);
-  std::string head;
-  Append(&head, ehdr);
-  Elf64_Phdr pnote{};
-  pnote.p_type = PT_NOTE;
-  pnote.p_offset = note_offset;
-  pnote.p_filesz = note_bytes.size();
-  pnote.p_memsz = note_bytes.size();  // as QEMU writes it
-  Append(&head, pnote);
+std::shared_ptr<MemoryView> ForensicViews::BuildElfWith(
+    const GuestLayout& layout, Region* ram, const std::string& note,
+    const std::vector<X86CpuState>& cpus, absl::AnyInvocable<const GuestKernel*()> kernel) {
+  const std::vector<GuestRange>& ranges = layout.ranges();
+  // Room for the most the kernel can add, so that the file's size and its
+  // data offsets do not depend on the search: per RAM range a piece of the
+  // kernel image and a direct-map piece; a VMCOREINFO note of at most
+  // 4096 bytes of text.
+  std::string fixed_notes = ElfNote("LAZYRAM", kNoteType, note);
+  for (const X86CpuState& cpu : cpus) fixed_notes += PrstatusNote(cpu);
+  for (const X86CpuState& cpu : cpus) fixed_notes += QemuCpuNote(cpu);
+  const uint64_t max_phnum = 1 + 3 * ranges.size();
+  const uint64_t max_notes = fixed_notes.size() + 12 + 12 + 4096;
+  const uint64_t data_offset =
+      AlignUp(sizeof(Elf64_Ehdr) + max_phnum * sizeof(Elf64_Phdr) + max_notes, kPage);
+
   std::vector<Segment> data;
   std::vector<uint64_t> range_offsets;
   uint64_t offset = data_offset;
   for (const GuestRange& r : ranges) {
-    Elf64_Phdr load{};
-    load.p_type = PT_LOAD;
-    load.p_flags = PF_R | PF_W | PF_X;
-    load.p_offset = offset;
-    // As QEMU's dump-guest-memory without paging: virtual = physical.
-    load.p_vaddr = r.guest_physical;
-    load.p_paddr = r.guest_physical;
-    load.p_filesz = r.size;
-    load.p_memsz = r.size;
-    Append(&head, load);
     range_offsets.push_back(offset);
     data.push_back(Ram(ram, r));
     const uint64_t next = AlignUp(offset + r.size, kPage);
     if (next > offset + r.size) data.push_back(Zeros(next - offset - r.size));
     offset = next;
   }
-  // The kernel's virtual mappings: more PT_LOADs over the same bytes.
-  for (const VirtualMapping& m : mappings) {
-    Elf64_Phdr load{};
-    load.p_type = PT_LOAD;
-    load.p_flags = PF_R | PF_W | PF_X;
-    for (size_t i = 0; i < ranges.size(); ++i) {
-      if (m.paddr >= ranges[i].guest_physical && m.paddr + m.size <= ranges[i].end()) {
-        load.p_offset = range_offsets[i] + (m.paddr - ranges[i].guest_physical);
-      }
+
+  auto make_header = [layout, fixed_notes = std::move(fixed_notes), data_offset, range_offsets,
+                      kernel = std::move(kernel)]() mutable {
+    const GuestKernel* k = kernel();
+    const std::vector<GuestRange>& ranges = layout.ranges();
+    std::vector<VirtualMapping> mappings;
+    std::string note_bytes = fixed_notes;
+    if (k != nullptr && k->note.size() <= 12 + 12 + 4096) {
+      note_bytes += k->note;
+      mappings = k->mappings;
     }
-    load.p_vaddr = m.vaddr;
-    load.p_paddr = m.paddr;
-    load.p_filesz = m.size;
-    load.p_memsz = m.size;
-    Append(&head, load);
-  }
-  head += note_bytes;
-  head.append(data_offset - head.size(), '\0');
+    if (mappings.size() > 2 * ranges.size()) mappings.resize(2 * ranges.size());
+    const uint64_t phnum = 1 + ranges.size() + mappings.size();
+    const uint64_t note_offset = sizeof(Elf64_Ehdr) + phnum * sizeof(Elf64_Phdr);
+
+    Elf64_Ehdr ehdr{};
+    std::memcpy(ehdr.e_ident, ELFMAG, SELFMAG);
+    ehdr.e_ident[EI_CLASS] = ELFCLASS64;
+    ehdr.e_ident[EI_DATA] = ELFDATA2LSB;
+    ehdr.e_ident[EI_VERSION] = EV_CURRENT;
+    ehdr.e_ident[EI_OSABI] = ELFOSABI_SYSV;
+    ehdr.e_type = ET_CORE;
+    ehdr.e_machine = EM_X86_64;
+    ehdr.e_version = EV_CURRENT;
+    ehdr.e_phoff = sizeof(Elf64_Ehdr);
+    ehdr.e_ehsize = sizeof(Elf64_Ehdr);
+    ehdr.e_phentsize = sizeof(Elf64_Phdr);
+    ehdr.e_phnum = static_cast<Elf64_Half>(phnum);
+    std::string head;
+    Append(&head, ehdr);
+    Elf64_Phdr pnote{};
+    pnote.p_type = PT_NOTE;
+    pnote.p_offset = note_offset;
+    pnote.p_filesz = note_bytes.size();
+    pnote.p_memsz = note_bytes.size();  // as QEMU writes it
+    Append(&head, pnote);
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      Elf64_Phdr load{};
+      load.p_type = PT_LOAD;
+      load.p_flags = PF_R | PF_W | PF_X;
+      load.p_offset = range_offsets[i];
+      // As QEMU's dump-guest-memory without paging: virtual = physical.
+      load.p_vaddr = ranges[i].guest_physical;
+      load.p_paddr = ranges[i].guest_physical;
+      load.p_filesz = ranges[i].size;
+      load.p_memsz = ranges[i].size;
+      Append(&head, load);
+    }
+    // The kernel's virtual mappings: more PT_LOADs over the same bytes.
+    for (const VirtualMapping& m : mappings) {
+      Elf64_Phdr load{};
+      load.p_type = PT_LOAD;
+      load.p_flags = PF_R | PF_W | PF_X;
+      for (size_t i = 0; i < ranges.size(); ++i) {
+        if (m.paddr >= ranges[i].guest_physical && m.paddr + m.size <= ranges[i].end()) {
+          load.p_offset = range_offsets[i] + (m.paddr - ranges[i].guest_physical);
+        }
+      }
+      load.p_vaddr = m.vaddr;
+      load.p_paddr = m.paddr;
+      load.p_filesz = m.size;
+      load.p_memsz = m.size;
+      Append(&head, load);
+    }
+    head += note_bytes;
+    return head;  // LazyBytes pads it with zeros to data_offset
+  };
   std::vector<Segment> segments;
-  segments.push_back(Bytes(std::move(head)));
+  Segment header;
+  header.kind = Segment::Kind::kLazyBytes;
+  header.length = data_offset;
+  header.lazy = std::make_shared<LazyBytes>(data_offset, std::move(make_header));
+  segments.push_back(std::move(header));
   for (Segment& s : data) segments.push_back(std::move(s));
   return std::make_shared<MemoryView>(std::move(segments));
 }
@@ -444,8 +484,13 @@ std::string ForensicViews::ManifestJson() const {
       options_.cpus.empty() ? nlohmann::json(nullptr) : nlohmann::json(options_.cpus.size());
   out["kernel"] = nullptr;
   if (layout.has_value()) {
-    std::shared_ptr<const KernelSearch> search = Kernel();
-    if (search != nullptr) out["kernel"] = KernelJson(*search);
+    std::shared_ptr<const KernelSearch> search = KernelIfSearched();
+    if (search != nullptr) {
+      out["kernel"] = KernelJson(*search);
+    } else {
+      out["kernel"] = {{"searched", false},
+                       {"message", "searched when views/vmcore.elf is first read"}};
+    }
   }
   // Region names and the QEMU machine name are bytes from a source; the
   // serializer would throw on ones that are not UTF-8.

@@ -31,9 +31,9 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "daemon/core/cpu_state.h"
 #include "daemon/core/region_hasher.h"
 #include "daemon/core/region_set.h"
-#include "daemon/core/cpu_state.h"
 #include "daemon/forensics/guest_kernel.h"
 #include "daemon/forensics/guest_layout.h"
 #include "daemon/forensics/memory_view.h"
@@ -104,12 +104,14 @@ class ForensicViews {
     absl::Duration took;
   };
   std::shared_ptr<const KernelSearch> Kernel() const;
+  // The search's outcome if it has run (null if not yet): never waits.
+  std::shared_ptr<const KernelSearch> KernelIfSearched() const;
 
  private:
   struct Cache {
     Region* ram = nullptr;
     uint64_t size = 0;
-    std::array<std::shared_ptr<const MemoryView>, 3> views;  // vmcore.elf built last
+    std::array<std::shared_ptr<const MemoryView>, 3> views;
   };
   std::string LayoutNote(const GuestLayout& layout, const Region& ram) const;
 
@@ -118,6 +120,11 @@ class ForensicViews {
   const Options options_;
   std::shared_ptr<const KernelSearch> SearchKernel(const GuestLayout& layout, Region* ram,
                                                    std::shared_ptr<const MemoryView> raw) const;
+  // vmcore.elf whose header is made on first read, asking `kernel` then.
+  static std::shared_ptr<MemoryView> BuildElfWith(const GuestLayout& layout, Region* ram,
+                                                  const std::string& note,
+                                                  const std::vector<X86CpuState>& cpus,
+                                                  absl::AnyInvocable<const GuestKernel*()> kernel);
 
   mutable absl::Mutex mu_;
   mutable Cache cache_ ABSL_GUARDED_BY(mu_);
@@ -129,6 +136,9 @@ class ForensicViews {
   };
   mutable SearchKey search_key_ ABSL_GUARDED_BY(search_mu_);
   mutable std::shared_ptr<const KernelSearch> search_ ABSL_GUARDED_BY(search_mu_);
+  // The last finished search, for the manifest (a leaf lock).
+  mutable absl::Mutex done_mu_;
+  mutable std::shared_ptr<const KernelSearch> searched_ ABSL_GUARDED_BY(done_mu_);
 };
 
 }  // namespace lazyram

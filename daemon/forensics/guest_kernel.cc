@@ -334,6 +334,17 @@ absl::StatusOr<GuestKernel> FindGuestKernel(const GuestLayout& layout, PhysReade
         const uint64_t n = std::min(chunk, end - lo);
         const uint64_t at = end - n;
         end = at;
+        if (options.known_zero) {
+          bool all_zero = true;
+          for (uint64_t off = 0; off < n && all_zero; off += kPage) {
+            all_zero = options.known_zero(at + off);
+          }
+          if (all_zero) {
+            st.pages_examined += n / kPage;
+            st.pages_known_zero += n / kPage;
+            continue;
+          }
+        }
         buf.resize(n);
         if (absl::Status s = counted(at, buf); !s.ok()) return s;
         for (uint64_t off = n; off > 0;) {

@@ -34,6 +34,7 @@
 #define LAZYRAM_DAEMON_FORENSICS_GUEST_KERNEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <span>
@@ -77,11 +78,12 @@ struct VirtualMapping {
 };
 
 struct KernelSearchStats {
-  uint64_t pages_examined = 0;  // page starts looked at
-  uint64_t bytes_read = 0;      // guest memory read (a lazy source fetches it)
-  int candidates = 0;           // note headers seen
-  int rejected = 0;             // of those, failed the check
-  std::string last_rejection;   // why the last one failed
+  uint64_t pages_examined = 0;    // page starts looked at
+  uint64_t pages_known_zero = 0;  // of those, not read: the source says zero
+  uint64_t bytes_read = 0;        // guest memory read (a lazy source fetches it)
+  int candidates = 0;             // note headers seen
+  int rejected = 0;               // of those, failed the check
+  std::string last_rejection;     // why the last one failed
   absl::Duration took;
 };
 
@@ -113,6 +115,8 @@ struct KernelSearchOptions {
   std::optional<uint64_t> note_paddr;
   std::string method = "memory-scan";
   uint64_t chunk = uint64_t{1} << 20;  // read size of the scan
+  // Pages known to be zero (holes of the source): not read. May be null.
+  std::function<bool(uint64_t paddr)> known_zero;
 };
 
 absl::StatusOr<GuestKernel> FindGuestKernel(const GuestLayout& layout, PhysReader read,

@@ -125,6 +125,16 @@ TEST_F(GuestKernelTest, NoNoteIsAClearNotFound) {
   EXPECT_NE(msg.find("init_uts_ns.name.release holds \"6.1.0-test\""), std::string::npos) << msg;
 }
 
+TEST_F(GuestKernelTest, KnownZeroPagesAreNotRead) {
+  PutNote(kRealNote, "VMCOREINFO", Info("6.1.0-test"));
+  KernelSearchOptions opts;
+  opts.known_zero = [](uint64_t paddr) { return paddr >= 56 * kMiB; };  // the top 8 MiB
+  absl::StatusOr<GuestKernel> k = Find(opts);
+  ASSERT_TRUE(k.ok()) << k.status();
+  EXPECT_EQ(k->stats.pages_known_zero, 8 * kMiB / 4096);
+  EXPECT_EQ(k->stats.pages_examined, (kRam - kRealNote) / 4096);
+}
+
 TEST_F(GuestKernelTest, EmptyMemoryHasNoKernel) {
   absl::StatusOr<GuestKernel> k = Find();
   ASSERT_FALSE(k.ok());
@@ -226,6 +236,22 @@ TEST(BuildElfTest, KernelNoteAndVirtualLoads) {
   EXPECT_EQ(ph[5].p_vaddr, kPageOffsetBase + (4ULL << 30));
   EXPECT_EQ(ph[5].p_offset, ph[2].p_offset);
   EXPECT_EQ(elf->size(), ph[2].p_offset + (1ULL << 30));
+  // The same file without a kernel: the same size and data offsets (the
+  // header has room for what a kernel adds), fewer PT_LOADs.
+  auto plain = ForensicViews::BuildElf(layout, nullptr, "{}", nullptr);
+  EXPECT_EQ(plain->size(), elf->size());
+  absl::Notification done2;
+  plain->Read(0, 4096, [&](absl::StatusOr<std::vector<uint8_t>> r) {
+    ASSERT_TRUE(r.ok());
+    head = *std::move(r);
+    done2.Notify();
+  });
+  done2.WaitForNotification();
+  std::memcpy(&eh, head.data(), sizeof eh);
+  EXPECT_EQ(eh.e_phnum, 1 + 2);
+  Elf64_Phdr first;
+  std::memcpy(&first, head.data() + eh.e_phoff + sizeof first, sizeof first);
+  EXPECT_EQ(first.p_offset, ph[1].p_offset);
 }
 
 // The CPU notes, laid out as QEMU 7.2's dump-guest-memory writes them.

@@ -105,12 +105,22 @@ def mount(env, name, source, *flags):
     return mnt, ctl
 
 
-def manifest_kernel(mnt, release):
-    t0 = time.monotonic()
+def read_manifest(mnt):
     with open(os.path.join(mnt, "views", "manifest.json")) as f:
-        manifest = json.load(f)
-    kernel = manifest["kernel"]
-    say(f"  manifest.json (first read, {time.monotonic() - t0:.2f} s) kernel: "
+        return json.load(f)
+
+
+def manifest_kernel(mnt, release):
+    """Reads vmcore.elf's header (which runs the guest kernel search) and
+    returns manifest.json's kernel section, checked."""
+    before = read_manifest(mnt)["kernel"]
+    check(before == {"searched": False, "message": "searched when views/vmcore.elf is first read"},
+          f"kernel searched before vmcore.elf was read: {before}")
+    t0 = time.monotonic()
+    with open(os.path.join(mnt, "views", "vmcore.elf"), "rb") as f:
+        check(f.read(4)[:4] == b"\x7fELF", "vmcore.elf is not ELF")
+    kernel = read_manifest(mnt)["kernel"]
+    say(f"  vmcore.elf's first read took {time.monotonic() - t0:.2f} s; manifest.json kernel: "
         + json.dumps({k: v for k, v in kernel.items() if k != "virtual_loads"}))
     for m in kernel.get("virtual_loads", []):
         say(f"    PT_LOAD virtual {m['virtual']} -> guest-physical {m['guest_physical']} "
@@ -198,9 +208,9 @@ def drgn_backtrace(env, vmcore, vmlinux, what):
 
 
 def boot(env, name, kernel, busybox, vmcoreinfo):
-    """A guest that starts the known processes and panics; (qmp, ram, release)."""
-    extra, init = [], INIT
-    argv_extra = []
+    """A guest that starts the known processes and panics, stopped;
+    returns (qmp, QEMU's pid, its RAM file, the kernel release)."""
+    extra, init, argv_extra = [], INIT, []
     if vmcoreinfo:
         mods = glob.glob(os.path.join(os.path.dirname(os.path.dirname(kernel)), "lib", "modules",
                                       "*", "kernel", "drivers", "firmware", "qemu_fw_cfg.ko"))
@@ -284,8 +294,7 @@ def main():
     save_stream(qmp, stream)
     env.quit_qemu(qmp, pid)
     mnt, ctl = mount(env, "mnt3", f"qemu-stream://{stream}", "--read-only")
-    with open(os.path.join(mnt, "views", "manifest.json")) as f:
-        manifest = json.load(f)
+    manifest = read_manifest(mnt)
     check(manifest["vcpus"] == 1, f"manifest vcpus {manifest['vcpus']}")
     k = manifest_kernel(mnt, release)
     check(k["vmcoreinfo"]["found_by"] == "vmcoreinfo-device",
