@@ -6,11 +6,14 @@
 //                 (p_paddr = guest-physical address), like QEMU's
 //                 dump-guest-memory; each range's bytes start page-aligned.
 //                 When a Linux guest kernel is found (GuestKernel, searched
-//                 once when vmcore.elf or the manifest is first asked for),
-//                 the PT_NOTE also holds its VMCOREINFO note, and more
-//                 PT_LOADs follow the physical ones, pointing at the same
-//                 file bytes: the kernel image and the direct map at their
-//                 virtual addresses, as /proc/vmcore has them.
+//                 once, when vmcore.elf's header is first read), the
+//                 PT_NOTE also holds its VMCOREINFO note, and more PT_LOADs
+//                 follow the physical ones, pointing at the same file
+//                 bytes: the kernel image and the direct map at their
+//                 virtual addresses, as /proc/vmcore has them. The header
+//                 has room for them either way: the file's size and data
+//                 offsets do not depend on the search. With CPU state
+//                 (Options::cpus) the PT_NOTE has QEMU's CPU notes too.
 //   manifest.json regions, sizes, layout, source, SHA-256 per hashed region,
 //                 the guest kernel found (or why not)
 // The three memory views exist only when the layout is known: the machine
@@ -98,7 +101,8 @@ class ForensicViews {
   static std::string QemuCpuNote(const X86CpuState& cpu);
 
   // The guest kernel search's outcome for the current layout: runs it
-  // (blocking, reading guest memory) the first time; cached after.
+  // (blocking, reading guest memory) if it has not run; cached after.
+  // Null without a layout.
   struct KernelSearch {
     absl::StatusOr<GuestKernel> kernel = absl::UnknownError("not searched");
     absl::Duration took;
@@ -128,8 +132,9 @@ class ForensicViews {
 
   mutable absl::Mutex mu_;
   mutable Cache cache_ ABSL_GUARDED_BY(mu_);
-  // Held while searching (others wait for the one search).
-  mutable absl::Mutex search_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  // Held while searching (others wait for the one search); never taken
+  // under mu_, nor mu_ under it.
+  mutable absl::Mutex search_mu_;
   struct SearchKey {
     Region* ram = nullptr;
     uint64_t size = 0;
