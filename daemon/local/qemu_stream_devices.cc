@@ -14,7 +14,8 @@ namespace qs = qemu_stream;
 using Json = nlohmann::json;
 
 struct Field {
-  size_t at = 0;  // offset in `sections`
+  size_t at = 0;      // offset in `sections`
+  size_t length = 0;  // all its elements
   const Json* desc = nullptr;
 };
 
@@ -31,7 +32,8 @@ class Walker {
   }
 
   // Fields then subsections of one vmsd description, from pos_.
-  absl::Status Body(const Json& desc, std::map<std::string, Field>* out) {
+  absl::Status Body(const Json& desc, std::map<std::string, Field>* out, int depth = 0) {
+    if (depth > 8) return absl::InvalidArgumentError("subsections nested too deep");
     // References into `desc` (not value(), which copies): out keeps them.
     static const Json kEmpty = Json::array();
     const Json& fields = desc.contains("fields") ? desc["fields"] : kEmpty;
@@ -40,11 +42,15 @@ class Walker {
         return absl::InvalidArgumentError(
             absl::StrCat("field '", f.value("name", "?"), "' has no size"));
       }
-      const uint64_t n = f["size"].get<uint64_t>() * f.value("array_len", uint64_t{1});
-      if (!Has(n)) return absl::DataLossError("device state shorter than its description");
+      const uint64_t size = f["size"].get<uint64_t>();
+      const uint64_t count = f.value("array_len", uint64_t{1});
+      if (size > s_.size() || count > s_.size() || !Has(size * count)) {
+        return absl::DataLossError("device state shorter than its description");
+      }
+      const uint64_t n = size * count;
       std::string name = f.value("name", "");
       if (f.contains("index")) name += absl::StrCat("[", f["index"].get<int64_t>(), "]");
-      out->emplace(name, Field{pos_, &f});
+      out->emplace(name, Field{pos_, n, &f});
       pos_ += n;
     }
     for (const Json& sub : desc.contains("subsections") ? desc["subsections"] : kEmpty) {
@@ -55,7 +61,7 @@ class Walker {
             absl::StrCat("subsection '", name, "' is not where the description puts it"));
       }
       pos_ += 2 + U8(pos_ + 1) + 4;
-      if (absl::Status s = Body(sub, out); !s.ok()) return s;
+      if (absl::Status s = Body(sub, out, depth + 1); !s.ok()) return s;
     }
     return absl::OkStatus();
   }
@@ -96,7 +102,8 @@ absl::StatusOr<StreamDevices> ParseStreamDevices(absl::string_view sections,
 
       auto get = [&](const char* field, size_t offset, size_t size) -> std::optional<uint64_t> {
         auto it = fields.find(field);
-        if (it == fields.end()) return std::nullopt;
+        // Within the field only: the description may lie about its size.
+        if (it == fields.end() || offset + size > it->second.length) return std::nullopt;
         return w.Be(it->second.at + offset, size);
       };
       if (name == "cpu") {
@@ -107,16 +114,15 @@ absl::StatusOr<StreamDevices> ParseStreamDevices(absl::string_view sections,
             regs->second.desc->value("size", 0) != 8) {
           return absl::InvalidArgumentError("cpu: no 16 64-bit env.regs (not x86_64?)");
         }
-        for (int i = 0; i < 16; ++i) cpu.regs[i] = *get("env.regs", 8 * i, 8);
+        for (int i = 0; i < 16; ++i) cpu.regs[i] = get("env.regs", 8 * i, 8).value_or(0);
         cpu.rip = get("env.eip", 0, 8).value_or(0);
         cpu.rflags = get("env.eflags", 0, 8).value_or(0);
         auto seg = [&](const char* field, size_t i, X86Segment* out_seg) {
           // vmstate_segment: be32 selector, be64 base, be32 limit, be32 flags
-          if (!get(field, 0, 1).has_value()) return;
-          out_seg->selector = static_cast<uint32_t>(*get(field, 20 * i, 4));
-          out_seg->base = *get(field, 20 * i + 4, 8);
-          out_seg->limit = static_cast<uint32_t>(*get(field, 20 * i + 12, 4));
-          out_seg->flags = static_cast<uint32_t>(*get(field, 20 * i + 16, 4));
+          out_seg->selector = static_cast<uint32_t>(get(field, 20 * i, 4).value_or(0));
+          out_seg->base = get(field, 20 * i + 4, 8).value_or(0);
+          out_seg->limit = static_cast<uint32_t>(get(field, 20 * i + 12, 4).value_or(0));
+          out_seg->flags = static_cast<uint32_t>(get(field, 20 * i + 16, 4).value_or(0));
         };
         for (size_t i = 0; i < 6; ++i) seg("env.segs", i, &cpu.segs[i]);
         seg("env.ldt", 0, &cpu.ldt);

@@ -129,6 +129,37 @@ TEST(QemuStreamDevicesTest, ADescriptionThatDoesNotMatchIsAnError) {
   EXPECT_FALSE(ParseStreamDevices(Build().sections, "{\"devices\": 3}").ok());
   EXPECT_FALSE(ParseStreamDevices(Build().sections, "not json").ok());
   EXPECT_FALSE(ParseStreamDevices(Build().sections.substr(0, 100), Build().vmdesc).ok());
+  // Sizes that would overflow, or that run past the end.
+  std::string huge = Build().vmdesc;
+  huge.replace(huge.find(R"("name":"ticks","type":"int64","size":8)"), 38,
+               R"("name":"ticks","type":"int64","size":18446744073709551615)");
+  EXPECT_FALSE(ParseStreamDevices(Build().sections, huge).ok());
+}
+
+TEST(QemuStreamDevicesTest, AFieldSmallerThanItsUseReadsNothingBeyondIt) {
+  // env.segs described (and sent) as 6 x 4 bytes: the segments read as far
+  // as the field goes, not into the next field.
+  Stream s = Build();
+  const size_t segs = s.vmdesc.find(R"({"name":"env.segs")");
+  const size_t end = s.vmdesc.find(R"({"name":"env.ldt")");
+  s.vmdesc.replace(segs, end - segs,
+                   R"({"name":"env.segs","array_len":6,"type":"uint32","size":4},)");
+  // Drop 16 of each 20 bytes of the six segments from the stream.
+  const size_t at = s.sections.find(Segment(0x10, 0, 0xffff, 0xa09b00));
+  ASSERT_NE(at, std::string::npos);
+  std::string cut;
+  for (int i = 0; i < 6; ++i) cut += s.sections.substr(at + 20 * i, 4);
+  s.sections.replace(at, 120, cut);
+  absl::StatusOr<StreamDevices> d = ParseStreamDevices(s.sections, s.vmdesc);
+  ASSERT_TRUE(d.ok()) << d.status();
+  ASSERT_EQ(d->cpus.size(), 1u);
+  // Read as 20-byte segments, but only within the field's 24 bytes.
+  EXPECT_EQ(d->cpus[0].segs[0].selector, 0x10u);
+  EXPECT_EQ(d->cpus[0].segs[0].base, 0x0000001100000012ULL);
+  EXPECT_EQ(d->cpus[0].segs[1].selector, 0x15u);
+  EXPECT_EQ(d->cpus[0].segs[1].base, 0u);  // past the field
+  EXPECT_EQ(d->cpus[0].segs[5].selector, 0u);
+  EXPECT_EQ(d->cpus[0].tr.base, 0xfffffe0000003000ULL);
 }
 
 }  // namespace

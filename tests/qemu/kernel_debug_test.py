@@ -15,7 +15,8 @@ matching -dbg package, cached).
    run_crash).
 2. VM A stopped and saved as a migration stream (qemu-stream://, no
    --machine): the CPU notes come from the stream; drgn's stack trace of
-   the crashed thread goes through panic and sysrq_handle_crash.
+   the crashed thread goes through panic and sysrq_handle_crash, and
+   crash's bt starts at the same stack pointer.
 3. VM B, with -device vmcoreinfo and the guest's qemu_fw_cfg module
    loaded: its stream's vmcoreinfo device names the note (found_by
    vmcoreinfo-device); drgn on lazyram's vmcore.elf and on QEMU's own
@@ -187,6 +188,26 @@ def run_crash(env, vmcore, vmlinux, release, what):
         f"task list ({len(comms)} comms) includes {KNOWN}")
 
 
+def crash_backtrace(env, vmcore, vmlinux, rsp, what):
+    """crash's bt of the panicking task starts at the stack pointer the CPU
+    notes give (drgn's `rsp`) and goes through sysrq_handle_crash."""
+    cmds = env.path("crash_bt")
+    with open(cmds, "w") as f:
+        f.write("bt\nquit\n")
+    argv = ["crash", "-s", "-i", cmds, vmlinux, vmcore]
+    say(f"  $ {' '.join(argv)}")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                       stdin=subprocess.DEVNULL)
+    out = r.stdout + r.stderr
+    for line in out.splitlines()[:6]:
+        say(f"  | {line}")
+    first = re.search(r"^ #0 \[([0-9a-f]+)\] (\w+) at", out, re.M)
+    check(first and int(first.group(1), 16) == int(rsp, 16),
+          f"crash bt on {what} does not start at RSP {rsp}:\n{out[-2000:]}")
+    check("sysrq_handle_crash" in out, f"crash bt on {what} lacks sysrq_handle_crash")
+    say(f"  crash bt on {what}: #0 [{first.group(1)}] {first.group(2)}, through sysrq_handle_crash")
+
+
 def drgn_backtrace(env, vmcore, vmlinux, what):
     """(crashed tid, rip, rsp, [function names]) drgn gives for vmcore."""
     script = env.path("drgn_bt.py")
@@ -284,6 +305,7 @@ def main():
     check(tid == 1 and "panic" in frames and "sysrq_handle_crash" in frames,
           f"drgn's crashed thread {tid}, frames {frames}: not init panicking in sysrq_handle_crash")
     say(f"  crashed thread {tid} at RIP {rip}: {' <- '.join(frames)}")
+    crash_backtrace(env, vmcore, vmlinux, rsp, "the stream's vmcore.elf")
     check(env.unmount(mnt, ctl), "unmount")
 
     say("case 3: VM B (-device vmcoreinfo): lazyram's vmcore.elf vs QEMU's dump-guest-memory")
