@@ -100,6 +100,7 @@ absl::Status Engine::AttachLocalSource() {
   const SourceUrl& url = *options_.local_source;
   std::unique_ptr<PageLocator> locator;
   std::string qemu_machine;
+  std::optional<StreamDevices> devices;
   if (url.kind == SourceUrl::Kind::kFile) {
     absl::StatusOr<std::unique_ptr<FileSource>> files = FileSource::Open(url.path);
     if (!files.ok()) return files.status();
@@ -113,6 +114,14 @@ absl::Status Engine::AttachLocalSource() {
             url.ToString(), absl::ToDoubleSeconds(absl::Now() - start), st.indexed_bytes,
             st.stream_bytes, st.data_records, st.zero_records);
     qemu_machine = (*index)->machine_name();
+    if ((*index)->devices().ok()) {
+      devices = *(*index)->devices();
+      LogInfo("device state: %d sections, %d vCPUs%s", devices->sections, devices->cpus.size(),
+              devices->vmcoreinfo_paddr.has_value() ? ", a vmcoreinfo device" : "");
+    } else {
+      LogWarning("no CPU state from %s: %s", url.ToString(),
+                 (*index)->devices().status().message());
+    }
     locator = *std::move(index);
   }
   absl::StatusOr<std::unique_ptr<LocalPageSource>> source =
@@ -136,10 +145,13 @@ absl::Status Engine::AttachLocalSource() {
     if (!region.ok()) return region.status();
     regions_.push_back(*std::move(region));
   }
-  views_ = std::make_unique<ForensicViews>(
-      this, &hasher_,
-      ForensicViews::Options{options_.machine, std::move(qemu_machine), url.ToString(),
-                             options_.read_only});
+  ForensicViews::Options view_options{options_.machine, std::move(qemu_machine), url.ToString(),
+                                      options_.read_only};
+  if (devices.has_value()) {
+    view_options.vmcoreinfo_paddr = devices->vmcoreinfo_paddr;
+    view_options.cpus = std::move(devices->cpus);
+  }
+  views_ = std::make_unique<ForensicViews>(this, &hasher_, std::move(view_options));
   return absl::OkStatus();
 }
 

@@ -4,8 +4,18 @@
 //   physmem.lime  LiME: per RAM range a 32-byte header, then its bytes
 //   vmcore.elf    ELF64 ET_CORE: one PT_NOTE, one PT_LOAD per RAM range
 //                 (p_paddr = guest-physical address), like QEMU's
-//                 dump-guest-memory; each range's bytes start page-aligned
-//   manifest.json regions, sizes, layout, source, SHA-256 per hashed region
+//                 dump-guest-memory; each range's bytes start page-aligned.
+//                 When a Linux guest kernel is found (GuestKernel, searched
+//                 once, when vmcore.elf's header is first read), the
+//                 PT_NOTE also holds its VMCOREINFO note, and more PT_LOADs
+//                 follow the physical ones, pointing at the same file
+//                 bytes: the kernel image and the direct map at their
+//                 virtual addresses, as /proc/vmcore has them. The header
+//                 has room for them either way: the file's size and data
+//                 offsets do not depend on the search. With CPU state
+//                 (Options::cpus) the PT_NOTE has QEMU's CPU notes too.
+//   manifest.json regions, sizes, layout, source, SHA-256 per hashed region,
+//                 the guest kernel found (or why not)
 // The three memory views exist only when the layout is known: the machine
 // (--machine, else the stream's machine type) and the main RAM region
 // (FindMainRam) with its size. docs/forensics.md describes the formats.
@@ -24,8 +34,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "daemon/core/cpu_state.h"
 #include "daemon/core/region_hasher.h"
 #include "daemon/core/region_set.h"
+#include "daemon/forensics/guest_kernel.h"
 #include "daemon/forensics/guest_layout.h"
 #include "daemon/forensics/memory_view.h"
 
@@ -51,6 +63,12 @@ class ForensicViews {
     std::string qemu_machine;            // from a migration stream, or empty
     std::string source;                  // "qemu-stream:///x", "tcp://...", or empty
     bool read_only = false;
+    // Where QEMU's vmcoreinfo device says the guest's VMCOREINFO note is
+    // (from a migration stream); the search looks there first.
+    std::optional<uint64_t> vmcoreinfo_paddr;
+    // The vCPUs' registers (from a migration stream): vmcore.elf gets an
+    // NT_PRSTATUS and a QEMU note per vCPU, as dump-guest-memory writes.
+    std::vector<X86CpuState> cpus;
   };
 
   // `regions` and `hasher` (whose results the manifest reports) must
@@ -71,8 +89,27 @@ class ForensicViews {
   // Builders, exposed for tests.
   static std::shared_ptr<MemoryView> BuildPhysmemRaw(const GuestLayout& layout, Region* ram);
   static std::shared_ptr<MemoryView> BuildLime(const GuestLayout& layout, Region* ram);
+  // `kernel` (may be null) adds its VMCOREINFO note and virtual PT_LOADs.
   static std::shared_ptr<MemoryView> BuildElf(const GuestLayout& layout, Region* ram,
-                                              const std::string& note);
+                                              const std::string& note,
+                                              const GuestKernel* kernel = nullptr,
+                                              const std::vector<X86CpuState>& cpus = {});
+  // The notes of one vCPU, as QEMU 7.2's dump-guest-memory writes them
+  // (target/i386/arch_dump.c): "CORE" NT_PRSTATUS (struct elf_prstatus,
+  // pr_pid = index + 1) and "QEMU" (QEMUCPUState, type 0).
+  static std::string PrstatusNote(const X86CpuState& cpu);
+  static std::string QemuCpuNote(const X86CpuState& cpu);
+
+  // The guest kernel search's outcome for the current layout: runs it
+  // (blocking, reading guest memory) if it has not run; cached after.
+  // Null without a layout.
+  struct KernelSearch {
+    absl::StatusOr<GuestKernel> kernel = absl::UnknownError("not searched");
+    absl::Duration took;
+  };
+  std::shared_ptr<const KernelSearch> Kernel() const;
+  // The search's outcome if it has run (null if not yet): never waits.
+  std::shared_ptr<const KernelSearch> KernelIfSearched() const;
 
  private:
   struct Cache {
@@ -85,8 +122,28 @@ class ForensicViews {
   const RegionSet* const regions_;
   RegionHasher* const hasher_;
   const Options options_;
+  std::shared_ptr<const KernelSearch> SearchKernel(const GuestLayout& layout, Region* ram,
+                                                   std::shared_ptr<const MemoryView> raw) const;
+  // vmcore.elf whose header is made on first read, asking `kernel` then.
+  static std::shared_ptr<MemoryView> BuildElfWith(const GuestLayout& layout, Region* ram,
+                                                  const std::string& note,
+                                                  const std::vector<X86CpuState>& cpus,
+                                                  absl::AnyInvocable<const GuestKernel*()> kernel);
+
   mutable absl::Mutex mu_;
   mutable Cache cache_ ABSL_GUARDED_BY(mu_);
+  // Held while searching (others wait for the one search); never taken
+  // under mu_, nor mu_ under it.
+  mutable absl::Mutex search_mu_;
+  struct SearchKey {
+    Region* ram = nullptr;
+    uint64_t size = 0;
+  };
+  mutable SearchKey search_key_ ABSL_GUARDED_BY(search_mu_);
+  mutable std::shared_ptr<const KernelSearch> search_ ABSL_GUARDED_BY(search_mu_);
+  // The last finished search, for the manifest (a leaf lock).
+  mutable absl::Mutex done_mu_;
+  mutable std::shared_ptr<const KernelSearch> searched_ ABSL_GUARDED_BY(done_mu_);
 };
 
 }  // namespace lazyram

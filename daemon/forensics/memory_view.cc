@@ -60,6 +60,15 @@ struct MemoryView::Pending {
   }
 };
 
+const std::string& LazyBytes::Get() const {
+  absl::call_once(once_, [this] {
+    bytes_ = make_();
+    bytes_.resize(static_cast<size_t>(length_), '\0');
+    make_ = nullptr;
+  });
+  return bytes_;
+}
+
 MemoryView::MemoryView(std::vector<Segment> segments) : segments_(std::move(segments)) {
   for (const Segment& s : segments_) {
     starts_.push_back(size_);
@@ -86,6 +95,8 @@ void MemoryView::Read(uint64_t offset, uint64_t length, ReadDone done) const {
     const uint64_t within = from - starts_[i];
     if (s.kind == Segment::Kind::kBytes) {
       std::memcpy(pending->buf.data() + at, s.bytes.data() + within, to - from);
+    } else if (s.kind == Segment::Kind::kLazyBytes) {
+      std::memcpy(pending->buf.data() + at, s.lazy->Get().data() + within, to - from);
     } else if (s.kind == Segment::Kind::kRegion) {
       pending->pieces.push_back(
           {s.region, s.region_offset + within, at, static_cast<size_t>(to - from)});

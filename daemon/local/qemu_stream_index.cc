@@ -349,7 +349,11 @@ absl::Status QemuStreamIndex::Parser::CheckTail(uint64_t at) {
         tail[i + 6] == '{') {
       const auto* p = reinterpret_cast<const uint8_t*>(tail.data() + i + 2);
       const uint64_t len = uint64_t{p[0]} << 24 | uint64_t{p[1]} << 16 | uint64_t{p[2]} << 8 | p[3];
-      if (i + 6 + len == end) return absl::OkStatus();
+      if (i + 6 + len == end) {
+        index_->devices_ = ParseStreamDevices(absl::string_view(tail).substr(0, i),
+                                              absl::string_view(tail).substr(i + 6, len));
+        return absl::OkStatus();
+      }
       break;
     }
     if (i == 0) break;

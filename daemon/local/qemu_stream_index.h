@@ -31,6 +31,7 @@
 #include "absl/strings/string_view.h"
 #include "daemon/base/unique_fd.h"
 #include "daemon/local/page_locator.h"
+#include "daemon/local/qemu_stream_devices.h"
 
 namespace lazyram {
 
@@ -59,6 +60,10 @@ class QemuStreamIndex : public PageLocator {
   // The RAMBlock names, unescaped, in region order.
   const std::vector<std::string>& block_names() const { return block_names_; }
   const Stats& stats() const { return stats_; }
+  // The vCPUs' registers and the vmcoreinfo device's note address, read
+  // from the device sections with the stream's device description; an
+  // error (not fatal to the mount) when they could not be walked.
+  const absl::StatusOr<StreamDevices>& devices() const { return devices_; }
 
   // The region name for a RAMBlock name (see above).
   static std::string RegionNameFor(absl::string_view block);
@@ -80,6 +85,8 @@ class QemuStreamIndex : public PageLocator {
   std::vector<protocol::RegionInfo> regions_;
   std::vector<std::vector<uint64_t>> pages_;  // [region][page]
   Stats stats_;
+  absl::StatusOr<StreamDevices> devices_ =
+      absl::NotFoundError("the stream's device state was not read");
 };
 
 }  // namespace lazyram
