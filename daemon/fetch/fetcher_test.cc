@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "daemon/fetch/fetched_pages_check.h"
 #include "daemon/server/page_server.h"
 #include "gtest/gtest.h"
 
@@ -78,21 +79,7 @@ class FetcherTest : public ::testing::Test {
                      Result* result) {
     fetcher.Fetch(0, first, count, priority,
                   [this, first, count, result](absl::StatusOr<FetchedPages> pages) {
-                    if (!pages.ok() || pages->first_page != first || pages->count != count) {
-                      ++result->errors;
-                    } else {
-                      size_t data = 0;
-                      for (uint32_t i = 0; i < count; ++i) {
-                        const uint8_t* want = &image_[(first + i) * kPageSize];
-                        if (pages->flags[i] == static_cast<uint8_t>(protocol::PageFlag::kZero)) {
-                          for (size_t b = 0; b < kPageSize; ++b) result->errors += want[b] != 0;
-                        } else {
-                          result->errors += std::memcmp(pages->payload.data() + data * kPageSize,
-                                                        want, kPageSize) != 0;
-                          ++data;
-                        }
-                      }
-                    }
+                    result->errors += testing::CountMismatches(pages, image_, first, count);
                     result->done.Notify();
                   });
   }
