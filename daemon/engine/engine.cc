@@ -8,10 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "daemon/base/log.h"
-#include "daemon/fetch/source_dialer.h"
 #include "daemon/forensics/forensic_views.h"
 #include "daemon/local/file_source.h"
 #include "daemon/local/qemu_stream_index.h"
